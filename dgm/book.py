@@ -1,0 +1,40 @@
+"""How a chapter knows where it runs, and how it hands numbers to its prose.
+
+A chapter executes in three places: the site build (Jupyter Book runs every chapter in a
+kernel), Jupyter/Colab, and the tests. Only the first must produce kernel-free output
+(sliders as precomputed frames, no progress bars). The build says so explicitly: the
+book's Sphinx extension ``_ext/dgm_site.py`` sets the environment variable
+``DGM_STATIC_SITE=1`` in the build process before any chapter executes, and the kernels
+the build starts inherit it. Nothing is guessed from the kernel or the front end.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["STATIC_SITE_ENV", "building_site", "glue"]
+
+#: Environment variable set (to "1") while Jupyter Book builds the static site.
+STATIC_SITE_ENV = "DGM_STATIC_SITE"
+
+
+def building_site() -> bool:
+    """True while the static site is being built (``DGM_STATIC_SITE=1``), else False."""
+    return os.environ.get(STATIC_SITE_ENV, "") == "1"
+
+
+def glue(name: str, value, display: bool = False):
+    """Make ``value`` available to the prose as ``{glue:}`name```` (myst-nb's glue).
+
+    Outside the site build (Colab without myst-nb) the value is shown when ``display`` is
+    True and otherwise ignored, so a chapter runs the same everywhere.
+    """
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:  # pragma: no cover - exercised only where myst-nb is missing
+        if display:
+            from IPython.display import display as _display
+
+            _display(value)
+        return
+    _glue(name, value, display=display)

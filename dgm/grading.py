@@ -38,7 +38,7 @@ def final_grade(exam_grade: float, points: float, max_points: float = PROJECT_PO
     ``exam_grade`` is one of :data:`EXAM_GRADES`. A failed exam (5.0) stays failed; a passed
     one is lowered by :func:`bonus`, but not below 1.0.
     """
-    if exam_grade not in EXAM_GRADES:
+    if isinstance(exam_grade, bool) or exam_grade not in EXAM_GRADES:
         raise ValueError(f"exam_grade must be one of {', '.join(f'{g:.1f}' for g in EXAM_GRADES)}; got {exam_grade!r}")
     b = bonus(points, max_points)
     if exam_grade > PASS_GRADE:

@@ -108,8 +108,7 @@ def image_grid(images: torch.Tensor, ax=None, nrow: int = 10, levels: int = 17, 
     for k, im in enumerate(imgs.numpy()):
         r, c = divmod(k, nrow)
         canvas[1 + r * (side + 1): 1 + r * (side + 1) + side, 1 + c * (side + 1): 1 + c * (side + 1) + side] = im
-    cmap = plt.get_cmap("gray_r").copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap("gray_r").with_extremes(bad="white")
     ax.imshow(canvas, cmap=cmap, vmin=0, vmax=levels - 1, interpolation="nearest")
     ax.set_axis_off()
     if title:

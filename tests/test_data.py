@@ -47,12 +47,6 @@ def _grid_log_prob(name: str) -> torch.Tensor:
     return toy_log_prob(name, _grid())
 
 
-def _log_prob_with_nodes(nodes: torch.Tensor, sigma: float, x: torch.Tensor) -> torch.Tensor:
-    """log of the equal-weight mixture of N(node, sigma^2 I): a curve toy's quadrature rule."""
-    d2 = torch.cdist(x, nodes).square()
-    return torch.logsumexp(-0.5 * d2 / sigma**2, dim=1) - math.log(len(nodes)) - math.log(2 * math.pi * sigma**2)
-
-
 # ------------------------------------------------------------------ sampling contract
 @pytest.mark.parametrize("name", TOYS)
 def test_toy_returns_float32_points(name):
@@ -195,68 +189,41 @@ def test_checkerboard_samples_are_on_its_support_uniformly():
     assert stats.chisquare(occupied.numpy()).pvalue > 1e-4
 
 
-@pytest.mark.xfail(
-    reason="BUG: toy() computes checkerboard points in float64 and rounds them to float32; a point "
-    "within half an ulp below a square's edge (x -> -2.0, 2.0 or 4.0) rounds onto the edge, which "
-    "toy_log_prob assigns to a light square or outside the board (-inf). About 1.7e-7 of samples.",
-    strict=True,
-)
 def test_checkerboard_samples_never_get_zero_density_even_in_large_draws():
     x = toy("checkerboard", 200_000, seed=7)  # this draw has a point rounded onto an edge
     assert torch.isfinite(toy_log_prob("checkerboard", x)).all()
 
 
 # ------------------------------------------------------------------ curve quadrature
-def _branches(name: str, spacing: int) -> list[torch.Tensor]:
-    spec = D._TOYS[name]
-    nodes = D._nodes(spec, spacing=spacing)
-    return list(nodes.chunk(len(spec.branches)))
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "ring",
-        "moons",
-        pytest.param("spirals", marks=pytest.mark.xfail(
-            reason="BUG: _nodes spaces nodes uniformly in t and sets their number from the total arc "
-            "length, so the spacing along the curve is sigma/10 only on average; the spiral's speed "
-            "|c'(t)| grows with t and its largest node gap is about 0.17 sigma, not <= sigma/10 as "
-            "documented.", strict=True)),
-    ],
-)
-def test_curve_node_spacing_is_at_most_a_tenth_of_sigma(name):
-    sigma = D._TOYS[name].sigma
-    for branch in _branches(name, 10):
-        gaps = branch.diff(dim=0).norm(dim=1)
-        assert float(gaps.max()) <= sigma / 10 * (1 + 1e-9)
-
-
-def _endpoint_bug(name):
-    return pytest.param(name, marks=pytest.mark.xfail(
-        reason="BUG: the midpoint rule over t has an O(h^2) Euler-Maclaurin error at the ends of an open "
-        "curve; with node spacing sigma/10 toy_log_prob differs from the rule with half the spacing by "
-        "up to ~2e-3 (moons) / ~3e-3 (spirals) nats on the toy's own samples near the curve ends (and "
-        "~1e-2 nats at 5 sigma beyond an end), so it is not converged to 1e-4 pointwise. The ring "
-        "(periodic, no ends) is exact.", strict=True))
-
-
-@pytest.mark.parametrize("name", ["ring", _endpoint_bug("moons"), _endpoint_bug("spirals")])
-def test_curve_log_prob_is_converged_where_the_toy_has_mass(name):
-    """toy_log_prob agrees with a quadrature of half its node spacing at the toy's own samples."""
-    spec = D._TOYS[name]
-    x = toy(name, 5_000, seed=7).double()
-    finer = _log_prob_with_nodes(D._nodes(spec, spacing=20), spec.sigma, x)
-    assert float((toy_log_prob(name, x) - finer).abs().max()) < 1e-4
+@pytest.mark.parametrize("name", CURVES)
+def test_curve_quadrature_weights_are_a_probability_vector(name):
+    points, log_w = D._nodes(D._TOYS[name])
+    assert points.shape == (len(log_w), 2)
+    assert abs(float(torch.logsumexp(log_w, 0))) < 1e-12
 
 
 @pytest.mark.parametrize("name", CURVES)
-def test_curve_expected_log_prob_is_converged(name):
-    """The average log-likelihood of samples (what NLL and KL numbers use) is converged to 1e-5."""
+def test_curve_panels_span_at_most_the_documented_arc_length(name):
     spec = D._TOYS[name]
+    panel = 0.75
+    points, _ = D._nodes(spec, panel)
+    # consecutive Gauss-Legendre nodes of one branch lie within one panel or its neighbour
+    for branch in points.chunk(len(spec.branches)):
+        gaps = branch.diff(dim=0).norm(dim=1)
+        assert float(gaps.max()) <= panel * spec.sigma
+
+
+@functools.lru_cache(maxsize=None)
+def _refinement_error(name: str) -> torch.Tensor:
+    """toy_log_prob minus the same quadrature with panels a third as long, at 5000 of the toy's samples."""
     x = toy(name, 5_000, seed=7).double()
-    finer = _log_prob_with_nodes(D._nodes(spec, spacing=20), spec.sigma, x)
-    assert abs(float((toy_log_prob(name, x) - finer).mean())) < 1e-5
+    return toy_log_prob(name, x) - D._log_prob64(name, x, panel=0.25)
+
+
+@pytest.mark.parametrize("name", CURVES)
+def test_curve_log_prob_is_converged_where_the_toy_has_mass(name):
+    """toy_log_prob agrees with a much finer quadrature at the toy's own samples."""
+    assert float(_refinement_error(name).abs().max()) < 1e-6
 
 
 # ------------------------------------------------------------------ mixtures
@@ -341,18 +308,13 @@ def test_dequantize_is_reproducible_with_a_generator():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.xfail(
-    reason="BUG: dequantize computes (x.float() + u) / levels in float32; for u close to 1 (e.g. the "
-    "largest float32 below 1, which torch.rand can return) x + u rounds up to x + 1, so y leaves the "
-    "bin of x (y == 1.0 for x = 16). Seen for about 4e-7 of entries with random u.",
-    strict=True,
-)
 def test_dequantize_stays_in_the_bin_for_extreme_noise(monkeypatch):
-    below_one = float(np.nextafter(np.float32(1), np.float32(0)))
     real_rand = torch.rand
 
-    def rand(*shape, generator=None, **kw):
-        return torch.full(shape[0] if len(shape) == 1 else shape, below_one)
+    def rand(*shape, generator=None, dtype=None, **kw):  # u = the largest value below 1 of its dtype
+        dtype = dtype or torch.get_default_dtype()
+        one = torch.ones((), dtype=dtype)
+        return torch.nextafter(one, torch.zeros((), dtype=dtype)).expand(*shape).clone()
 
     monkeypatch.setattr(D.torch, "rand", rand)
     x = torch.arange(DIGITS_LEVELS).reshape(1, -1)

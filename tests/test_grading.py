@@ -95,11 +95,6 @@ def test_exam_grade_off_the_scale_raises(exam):
         final_grade(exam, 10)
 
 
-@pytest.mark.xfail(
-    reason="BUG: final_grade checks `exam_grade in EXAM_GRADES`, and True == 1.0, so a bool exam grade "
-    "is accepted as 1.0 (bonus() rejects bool points, the exam grade is not checked the same way).",
-    strict=True,
-)
 def test_bool_exam_grade_raises():
     with pytest.raises((TypeError, ValueError)):
         final_grade(True, 10)

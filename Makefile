@@ -12,7 +12,7 @@ JB_FLAGS := -W -n --keep-going
 help:
 	@echo "make book       build the executed site into _build/html"
 	@echo "make test       build the site, then run all tests (what CI runs)"
-	@echo "make notebooks  regenerate the Colab twins in notebooks/"
+	@echo "make notebooks  regenerate the Colab twins in notebooks/ and the code chapters export to dgm/"
 	@echo "make serve      serve _build/html on http://localhost:8000"
 	@echo "make clean      remove _build (the execution cache too)"
 
@@ -32,7 +32,9 @@ _build/.dgm-code: $(wildcard dgm/*.py)
 book: $(STAMP) _build/.dgm-code
 	$(BIN)/jupyter-book build . $(JB_FLAGS) || { rm -rf _build/.doctrees; exit 1; }
 
+# Everything generated from the chapters: Colab twins and the package code they export (#@save).
 notebooks: $(STAMP)
+	$(BIN)/python -m tools.export
 	$(BIN)/python -m tools.twins
 
 # Debian's chromium for the browser tests (Playwright drives it; no browser download).

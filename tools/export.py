@@ -1,0 +1,107 @@
+"""Export the code a chapter teaches into the dgm package (in the spirit of d2l's ``#@save``).
+
+    python -m tools.export          # write every exported module (`make notebooks` runs it)
+    python -m tools.export --check  # exit 1 and name the modules that are out of date
+
+A code cell whose first line is ``#@save`` belongs to the package: its code (without that
+line) is copied, in the order of the chapter, into the module that :data:`EXPORTS` names for
+the chapter. Each exported function and class gets a last docstring line saying where in the
+book it is defined, so a reader of the package can go back to the derivation. The chapter is
+the single source; the generated module says so at its top and is never edited by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+import sys
+from pathlib import Path
+
+import jupytext
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK = "#@save"
+
+#: chapter source -> (module path, one-line module description)
+EXPORTS: dict[str, tuple[str, str]] = {}
+
+
+def _section(md: str, current: str) -> str:
+    for line in md.splitlines():
+        m = re.match(r"^(#{1,3})\s+(.*)", line)
+        if m:
+            current = m.group(2).strip()
+    return current
+
+
+def _add_location(code: str, where: str) -> str:
+    """Append 'Defined in ...' to the docstring of every top-level def and class in ``code``."""
+    tree = ast.parse(code)
+    lines = code.splitlines()
+    edits = []
+    for node in tree.body:
+        if not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+            continue
+        doc = node.body[0] if node.body else None
+        if not (isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)):
+            raise ValueError(f"exported {node.name!r} ({where}) needs a docstring")
+        edits.append((doc.end_lineno - 1, doc.end_col_offset, doc.col_offset))
+    for line_no, end_col, indent in sorted(edits, reverse=True):
+        line = lines[line_no]
+        quote = line[end_col - 3 : end_col]
+        head = line[: end_col - 3]
+        if head.strip():  # one-line docstring: break it open
+            lines[line_no] = f"{head}\n\n{' ' * indent}{where}\n{' ' * indent}{quote}{line[end_col:]}"
+        else:
+            lines[line_no] = f"{' ' * indent}{where}\n{line}"
+    return "\n".join(lines)
+
+
+def render(source: str, module_doc: str, root: Path = ROOT) -> str:
+    """The exported module of ``source`` as text."""
+    nb = jupytext.read(root / source)
+    section, parts = "", []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            section = _section(cell.source, section)
+        elif cell.cell_type == "code" and cell.source.lstrip().startswith(MARK):
+            code = cell.source.lstrip().split("\n", 1)[1] if "\n" in cell.source.strip() else ""
+            where = f"Defined in {source}, section \"{section}\"."
+            parts.append(_add_location(code.strip("\n"), where))
+    if not parts:
+        raise ValueError(f"{source} has no cells marked {MARK}")
+    header = (
+        f'"""{module_doc}\n\n'
+        f"Generated from {source} by tools/export.py: do not edit. Change the chapter's cells\n"
+        f"marked {MARK} and run `make notebooks`.\n"
+        '"""\n\n'
+    )
+    return header + "\n\n\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="report stale modules instead of writing them")
+    args = parser.parse_args(argv)
+    stale = []
+    for source, (module, doc) in EXPORTS.items():
+        text = render(source, doc)
+        path = ROOT / module
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(module)
+        else:
+            path.write_text(text)
+    if args.check:
+        for m in stale:
+            print(f"out of date: {m}")
+        if stale:
+            print("run `make notebooks` and commit the result")
+        return 1 if stale else 0
+    print(f"wrote {len(EXPORTS)} exported modules")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MARK = "#@save"
 
 #: chapter source -> (module path, one-line module description)
-EXPORTS: dict[str, tuple[str, str]] = {}
+EXPORTS: dict[str, tuple[str, str]] = {
+    "book/01_flows.md": ("dgm/flows.py", "Normalizing flows: layers with forward/inverse and log-determinants, and flow models."),
+}
 
 
 def _section(md: str, current: str) -> str:
@@ -36,13 +38,13 @@ def _section(md: str, current: str) -> str:
 
 
 def _add_location(code: str, where: str) -> str:
-    """Append 'Defined in ...' to the docstring of every top-level def and class in ``code``."""
+    """Append 'Defined in ...' to the docstring of every public top-level def and class in ``code``."""
     tree = ast.parse(code)
     lines = code.splitlines()
     edits = []
     for node in tree.body:
-        if not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
-            continue
+        if not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) or node.name.startswith("_"):
+            continue  # private helpers need no docstring
         doc = node.body[0] if node.body else None
         if not (isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)):
             raise ValueError(f"exported {node.name!r} ({where}) needs a docstring")

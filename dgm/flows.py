@@ -1,0 +1,213 @@
+"""Normalizing flows: layers with forward/inverse and log-determinants, and flow models.
+
+Generated from book/01_flows.md by tools/export.py: do not edit. Change the chapter's cells
+marked #@save and run `make notebooks`.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def _check_input(x, dim: int, what: str = "x") -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim != 2 or x.shape[1] != dim:
+        got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"expected {what} as a float tensor of shape (n, {dim}), got {got}")
+    return x
+
+
+class Flow(nn.Module):
+    """A normalizing flow: layers f_1..f_K applied to x in order, standard normal base p_Z.
+
+    log_prob(x) = log p_Z(f(x)) + sum_k log|det df_k/dx_{k-1}|; sample(n) runs the layers'
+    inverses, last to first, on z ~ N(0, I).
+    Defined in book/01_flows.md, section "The code conventions".
+    """
+
+    def __init__(self, layers, dim: int):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.dim = dim
+
+    def forward(self, x):
+        log_det = x.new_zeros(len(x))
+        for layer in self.layers:
+            x, ld = layer(x)
+            log_det = log_det + ld
+        return x, log_det
+
+    def inverse(self, z):
+        log_det = z.new_zeros(len(z))
+        for layer in reversed(self.layers):
+            z, ld = layer.inverse(z)
+            log_det = log_det + ld
+        return z, log_det
+
+    def log_prob(self, x):
+        """Exact log-density in nats, shape (n,), of x with shape (n, dim)."""
+        z, log_det = self(_check_input(x, self.dim))
+        log_pz = -0.5 * (z**2).sum(1) - 0.5 * self.dim * math.log(2 * math.pi)
+        return log_pz + log_det
+
+    @torch.no_grad()
+    def sample(self, n: int):
+        """n samples, shape (n, dim), by x = f^{-1}(z) with z ~ N(0, I)."""
+        p = next(self.parameters(), None)
+        z = torch.randn(n, self.dim, device=p.device if p is not None else "cpu")
+        return self.inverse(z)[0]
+
+
+def check_layer(layer, x, atol: float = 1e-4):
+    """Compare a layer's log|det| with autograd's Jacobian and inverse(forward(x)) with x.
+
+    Returns the largest absolute errors (log-det, inversion, log-det of the inverse); raises
+    AssertionError when one exceeds atol. Use a small dimension: the Jacobian costs D passes.
+    Defined in book/01_flows.md, section "The code conventions".
+    """
+    z, log_det = layer(x)
+    jac = torch.stack([torch.autograd.functional.jacobian(lambda v: layer(v[None])[0][0], xi) for xi in x])
+    err_det = (torch.linalg.slogdet(jac)[1] - log_det).abs().max().item()
+    x_back, log_det_inv = layer.inverse(z)
+    err_inv = (x_back - x).abs().max().item()
+    err_det_inv = (log_det_inv + log_det).abs().max().item()
+    assert max(err_det, err_inv, err_det_inv) < atol, (err_det, err_inv, err_det_inv)
+    return err_det, err_inv, err_det_inv
+
+
+class Planar(nn.Module):
+    """Planar flow g(z) = z + u_hat tanh(w^T z + b) (generative direction), invertible by construction.
+
+    forward(x) solves g(z) = x by bisection on the scalar w^T z; inverse(z) is the closed form.
+    Defined in book/01_flows.md, section "Planar and radial flows".
+    """
+
+    def __init__(self, dim: int, u=None, w=None, b: float = 0.0):
+        super().__init__()
+        self.u = nn.Parameter(torch.randn(dim) * 0.1 if u is None else torch.as_tensor(u, dtype=torch.float32))
+        self.w = nn.Parameter(torch.randn(dim) * 0.1 if w is None else torch.as_tensor(w, dtype=torch.float32))
+        self.b = nn.Parameter(torch.tensor(float(b)))
+
+    def u_hat(self):
+        wu = self.w @ self.u
+        return self.u + (F.softplus(wu) - 1 - wu) * self.w / (self.w @ self.w)
+
+    def inverse(self, z):  # z -> x = g(z), log|det dg/dz|
+        u, a = self.u_hat(), z @ self.w + self.b
+        x = z + u * torch.tanh(a)[:, None]
+        return x, torch.log((1 + (1 - torch.tanh(a) ** 2) * (self.w @ u)).abs())
+
+    def forward(self, x, iters: int = 60):  # x -> z = g^{-1}(x), log|det dg^{-1}/dx|
+        u = self.u_hat()
+        wu, target = self.w @ u, x @ self.w
+        lo, hi = target - wu.abs() - 1e-3, target + wu.abs() + 1e-3  # alpha lies in between
+        lo, hi = lo.detach(), hi.detach()
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            too_big = mid + wu * torch.tanh(mid + self.b) > target
+            lo, hi = torch.where(too_big, lo, mid), torch.where(too_big, mid, hi)
+        # one Newton step from the (detached) root makes alpha differentiable in x, u, w, b
+        alpha = ((lo + hi) / 2).detach()
+        slope = 1 + wu * (1 - torch.tanh(alpha + self.b) ** 2)
+        alpha = alpha - (alpha + wu * torch.tanh(alpha + self.b) - target) / slope
+        a = alpha + self.b
+        z = x - u * torch.tanh(a)[:, None]
+        return z, -torch.log((1 + (1 - torch.tanh(a) ** 2) * wu).abs())
+
+
+def mlp(n_in: int, n_out: int, hidden: int, depth: int = 2) -> nn.Sequential:
+    """A ReLU network n_in -> hidden (x depth) -> n_out whose last layer starts at zero.
+
+    Defined in book/01_flows.md, section "Coupling flows".
+    """
+    sizes = [n_in] + [hidden] * depth
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    last = nn.Linear(sizes[-1], n_out)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers, last)
+
+
+class AffineCoupling(nn.Module):
+    """RealNVP coupling z_B = x_B * exp(s(x_A)) + t(x_A), z_A = x_A; NICE when affine=False (s = 0).
+
+    mask: 1 for the coordinates A that condition, 0 for the coordinates B that are transformed.
+    Defined in book/01_flows.md, section "Coupling flows".
+    """
+
+    def __init__(self, mask, hidden: int = 64, affine: bool = True):
+        super().__init__()
+        self.register_buffer("mask", torch.as_tensor(mask, dtype=torch.float32))
+        dim = len(self.mask)
+        self.affine = affine
+        self.net = mlp(dim, 2 * dim if affine else dim, hidden)
+        self.scale = nn.Parameter(torch.ones(dim))  # s = scale * tanh(.) keeps exp(s) tame early on
+
+    def _s_t(self, x_a):
+        out = self.net(x_a)
+        if not self.affine:
+            return torch.zeros_like(out), out * (1 - self.mask)
+        s, t = out.chunk(2, dim=1)
+        return self.scale * torch.tanh(s) * (1 - self.mask), t * (1 - self.mask)
+
+    def forward(self, x):
+        s, t = self._s_t(x * self.mask)
+        return x * torch.exp(s) + t, s.sum(1)
+
+    def inverse(self, z):
+        s, t = self._s_t(z * self.mask)
+        return (z - t) * torch.exp(-s), -s.sum(1)
+
+
+class ActNorm(nn.Module):
+    """Elementwise affine z = x * exp(a) + c, initialized from the first training batch to zero mean, unit variance.
+
+    Defined in book/01_flows.md, section "Coupling flows".
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.a = nn.Parameter(torch.zeros(dim))
+        self.c = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def forward(self, x):
+        if self.training and not self.initialized:
+            with torch.no_grad():
+                self.a.copy_(-torch.log(x.std(0) + 1e-6))
+                self.c.copy_(-x.mean(0) * torch.exp(self.a))
+                self.initialized.fill_(True)
+        return x * torch.exp(self.a) + self.c, self.a.sum().expand(len(x))
+
+    def inverse(self, z):
+        return (z - self.c) * torch.exp(-self.a), -self.a.sum().expand(len(z))
+
+
+def coupling_masks(dim: int, n: int) -> list[torch.Tensor]:
+    """n alternating masks: odd/even coordinates, then first/second half, each followed by its complement.
+
+    Defined in book/01_flows.md, section "Coupling flows".
+    """
+    i = torch.arange(dim)
+    patterns = [(i % 2 == 0), (i < dim // 2)]
+    masks = []
+    for k in range(n):
+        m = patterns[(k // 2) % 2]
+        masks.append((m if k % 2 == 0 else ~m).float())
+    return masks
+
+
+class RealNVP(Flow):
+    """RealNVP: n_layers of ActNorm followed by an affine coupling with alternating masks.
+
+    Defined in book/01_flows.md, section "Coupling flows".
+    """
+
+    def __init__(self, dim: int, n_layers: int = 8, hidden: int = 64, affine: bool = True):
+        layers = []
+        for mask in coupling_masks(dim, n_layers):
+            layers += [ActNorm(dim), AffineCoupling(mask, hidden, affine)]
+        super().__init__(layers, dim)

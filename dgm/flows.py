@@ -9,6 +9,7 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn import functional as F
 
 
 def _check_input(x, dim: int, what: str = "x") -> torch.Tensor:
@@ -210,4 +211,169 @@ class RealNVP(Flow):
         layers = []
         for mask in coupling_masks(dim, n_layers):
             layers += [ActNorm(dim), AffineCoupling(mask, hidden, affine)]
+        super().__init__(layers, dim)
+
+
+class MaskedLinear(nn.Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask of shape (out, in).
+
+    Defined in book/01_flows.md, section "Autoregressive flows".
+    """
+
+    def __init__(self, n_in: int, n_out: int, mask):
+        super().__init__(n_in, n_out)
+        self.register_buffer("mask", torch.as_tensor(mask, dtype=torch.float32))
+
+    def forward(self, x):
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class MADE(nn.Module):
+    """Masked autoencoder: outputs n_out values per input coordinate, output i sees only inputs < i.
+
+    forward(x) has shape (n, n_out, dim); degrees follow the coordinate order 1..dim.
+    Defined in book/01_flows.md, section "Autoregressive flows".
+    """
+
+    def __init__(self, dim: int, hidden: int = 64, n_out: int = 2, depth: int = 2):
+        super().__init__()
+        self.dim, self.n_out = dim, n_out
+        d_in = torch.arange(1, dim + 1)
+        d_hidden = torch.arange(hidden) % max(dim - 1, 1) + 1
+        degrees = [d_in] + [d_hidden] * depth
+        layers = []
+        for a, b in zip(degrees[:-1], degrees[1:]):
+            layers += [MaskedLinear(len(a), len(b), b[:, None] >= a[None, :]), nn.ReLU()]
+        d_out = d_in.repeat(n_out)
+        last = MaskedLinear(len(degrees[-1]), n_out * dim, d_out[:, None] > degrees[-1][None, :])
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(*layers, last)
+
+    def forward(self, x):
+        return self.net(x).view(len(x), self.n_out, self.dim)
+
+
+class MAF(nn.Module):
+    """Masked autoregressive flow layer: z_i = (x_i - mu_i(x_<i)) exp(-alpha_i(x_<i)). Density in one pass.
+
+    Defined in book/01_flows.md, section "Autoregressive flows".
+    """
+
+    def __init__(self, dim: int, hidden: int = 64):
+        super().__init__()
+        self.made = MADE(dim, hidden, n_out=2)
+
+    def forward(self, x):
+        mu, alpha = self.made(x).unbind(1)
+        return (x - mu) * torch.exp(-alpha), -alpha.sum(1)
+
+    def inverse(self, z):  # D sequential passes: x_i needs x_<i
+        x = torch.zeros_like(z)
+        for i in range(z.shape[1]):
+            mu, alpha = self.made(x).unbind(1)
+            x = x.clone()
+            x[:, i] = z[:, i] * torch.exp(alpha[:, i]) + mu[:, i]
+        return x, alpha.sum(1)
+
+
+class IAF(nn.Module):
+    """Inverse autoregressive flow layer: x_i = z_i exp(alpha_i(z_<i)) + mu_i(z_<i). Sampling in one pass.
+
+    Defined in book/01_flows.md, section "Autoregressive flows".
+    """
+
+    def __init__(self, dim: int, hidden: int = 64):
+        super().__init__()
+        self.made = MADE(dim, hidden, n_out=2)
+
+    def inverse(self, z):
+        mu, alpha = self.made(z).unbind(1)
+        return z * torch.exp(alpha) + mu, alpha.sum(1)
+
+    def forward(self, x):  # D sequential passes: z_i needs z_<i
+        z = torch.zeros_like(x)
+        for i in range(x.shape[1]):
+            mu, alpha = self.made(z).unbind(1)
+            z = z.clone()
+            z[:, i] = (x[:, i] - mu[:, i]) * torch.exp(-alpha[:, i])
+        return z, -alpha.sum(1)
+
+
+def rq_spline(x, widths, heights, slopes, bound: float, inverse: bool = False):
+    """Elementwise monotone rational-quadratic spline on [-bound, bound], identity outside.
+
+    widths, heights: (..., K) positive, each summing to 2 * bound; slopes: (..., K + 1) positive.
+    Returns y and log|dy/dx| (for inverse=True: x from y, and log|dx/dy|), both shaped like x.
+    Defined in book/01_flows.md, section "Spline flows".
+    """
+    inside = (x > -bound) & (x < bound)
+    xk = F.pad(torch.cumsum(widths, -1), (1, 0)) - bound  # knots, (..., K + 1)
+    yk = F.pad(torch.cumsum(heights, -1), (1, 0)) - bound
+    knots = yk if inverse else xk
+    k = torch.searchsorted(knots[..., 1:-1].contiguous(), x.clamp(-bound, bound)[..., None]).clamp(max=widths.shape[-1] - 1)
+    pick = lambda t: t.gather(-1, k)[..., 0]  # noqa: E731 - the value of bin k
+    x0, y0, w, h = pick(xk), pick(yk), pick(widths), pick(heights)
+    d0, d1 = pick(slopes[..., :-1]), pick(slopes[..., 1:])
+    s = h / w
+    if inverse:
+        dy = x - y0
+        a = h * (s - d0) + dy * (d1 + d0 - 2 * s)
+        b = h * d0 - dy * (d1 + d0 - 2 * s)
+        c = -s * dy
+        xi = (2 * c / (-b - torch.sqrt((b * b - 4 * a * c).clamp(min=0)))).clamp(0, 1)
+        out = x0 + xi * w
+    else:
+        xi = ((x - x0) / w).clamp(0, 1)
+        out = y0 + h * (s * xi**2 + d0 * xi * (1 - xi)) / (s + (d1 + d0 - 2 * s) * xi * (1 - xi))
+    denom = s + (d1 + d0 - 2 * s) * xi * (1 - xi)
+    log_slope = 2 * torch.log(s) + torch.log(d1 * xi**2 + 2 * s * xi * (1 - xi) + d0 * (1 - xi) ** 2) - 2 * torch.log(denom)
+    log_slope = -log_slope if inverse else log_slope
+    return torch.where(inside, out, x), torch.where(inside, log_slope, torch.zeros_like(x))
+
+
+class SplineCoupling(nn.Module):
+    """Coupling layer whose transform of each coordinate in B is a rational-quadratic spline with K bins.
+
+    Defined in book/01_flows.md, section "Spline flows".
+    """
+
+    def __init__(self, mask, hidden: int = 64, bins: int = 8, bound: float = 4.0):
+        super().__init__()
+        self.register_buffer("mask", torch.as_tensor(mask, dtype=torch.float32))
+        self.dim, self.bins, self.bound = len(self.mask), bins, bound
+        self.net = mlp(self.dim, self.dim * (3 * bins - 1), hidden)
+
+    def _params(self, x_a):
+        raw = self.net(x_a).view(len(x_a), self.dim, 3 * self.bins - 1)
+        rw, rh, rd = raw.split([self.bins, self.bins, self.bins - 1], dim=-1)
+        min_bin = 1e-3
+        widths = (min_bin + (1 - min_bin * self.bins) * F.softmax(rw, -1)) * 2 * self.bound
+        heights = (min_bin + (1 - min_bin * self.bins) * F.softmax(rh, -1)) * 2 * self.bound
+        inner = 1e-3 + F.softplus(rd + math.log(math.e - 1))  # = 1 when rd = 0, so the layer starts as identity
+        ones = torch.ones_like(inner[..., :1])
+        return widths, heights, torch.cat([ones, inner, ones], -1)
+
+    def _transform(self, v, inverse):
+        y, log_slope = rq_spline(v, *self._params(v * self.mask), self.bound, inverse)
+        keep = self.mask.bool()
+        return torch.where(keep, v, y), (log_slope * (1 - self.mask)).sum(1)
+
+    def forward(self, x):
+        return self._transform(x, inverse=False)
+
+    def inverse(self, z):
+        return self._transform(z, inverse=True)
+
+
+class NeuralSpline(Flow):
+    """Neural spline flow: n_layers of ActNorm followed by a rational-quadratic spline coupling.
+
+    Defined in book/01_flows.md, section "Spline flows".
+    """
+
+    def __init__(self, dim: int, n_layers: int = 4, hidden: int = 64, bins: int = 8, bound: float = 4.0):
+        layers = []
+        for mask in coupling_masks(dim, n_layers):
+            layers += [ActNorm(dim), SplineCoupling(mask, hidden, bins, bound)]
         super().__init__(layers, dim)

@@ -37,6 +37,7 @@ __all__ = [
     "digits",
     "DIGITS_SPLITS",
     "DIGITS_LEVELS",
+    "shift_digits",
     "dequantize",
     "discrete_nll_bound",
     "bits_per_dim",
@@ -296,6 +297,24 @@ def digits(split: str, labels: bool = False):
     x, y = _load_digits()
     a, b = DIGITS_SPLITS[split]
     return (x[a:b].clone(), y[a:b].clone()) if labels else x[a:b].clone()
+
+
+def shift_digits(x: torch.Tensor, max_shift: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Shift each 8x8 digit by a random whole number of pixels in -max_shift..max_shift, both ways.
+
+    Data augmentation for the small digits training split: x is (n, 64) (any dtype); pixels that
+    move in from outside the image are 0 (background). Returns a new tensor like x.
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != 64:
+        got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"expected digits as a tensor of shape (n, 64), got {got}")
+    n, m = len(x), max_shift
+    padded = torch.nn.functional.pad(x.reshape(n, 8, 8), (m, m, m, m))
+    dy, dx = torch.randint(-m, m + 1, (2, n), generator=generator)
+    rows = torch.arange(8)[None, :] + m - dy[:, None]  # (n, 8)
+    cols = torch.arange(8)[None, :] + m - dx[:, None]
+    out = padded[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return out.reshape(n, 64)
 
 
 def _check_levels(x, levels: int) -> torch.Tensor:

@@ -377,3 +377,24 @@ class NeuralSpline(Flow):
         for mask in coupling_masks(dim, n_layers):
             layers += [ActNorm(dim), SplineCoupling(mask, hidden, bins, bound)]
         super().__init__(layers, dim)
+
+
+class Logit(nn.Module):
+    """w = logit(lam + (1 - 2 lam) y): maps the unit cube, where dequantized data live, onto R^D.
+
+    Defined in book/01_flows.md, section "Discrete data: dequantization and bits per dimension".
+    """
+
+    def __init__(self, lam: float = 0.05):
+        super().__init__()
+        self.lam = lam
+
+    def forward(self, y):
+        v = self.lam + (1 - 2 * self.lam) * y
+        w = torch.log(v) - torch.log1p(-v)
+        return w, (math.log(1 - 2 * self.lam) - torch.log(v) - torch.log1p(-v)).sum(1)
+
+    def inverse(self, w):
+        v = torch.sigmoid(w)
+        y = (v - self.lam) / (1 - 2 * self.lam)
+        return y, -(math.log(1 - 2 * self.lam) - torch.log(v) - torch.log1p(-v)).sum(1)

@@ -404,3 +404,34 @@ def test_bits_per_dim_converts_nats(k):
     assert bits_per_dim(64 * math.log(2) * k, 64) == pytest.approx(k, rel=1e-12, abs=1e-15)
     t = bits_per_dim(torch.tensor([64 * math.log(2) * k], dtype=torch.float64), 64)
     assert torch.allclose(t, torch.tensor([k], dtype=torch.float64))
+
+
+# ------------------------------------------------------------------ shift augmentation
+def test_shift_digits_moves_whole_images_by_at_most_one_pixel():
+    from dgm.data import shift_digits
+
+    x = digits("train")[:200]
+    y = shift_digits(x, generator=torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    img, out = x.view(-1, 8, 8), y.view(-1, 8, 8)
+    seen = set()
+    for a, b in zip(img, out):
+        matches = []
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                shifted = torch.zeros_like(a)
+                src = a[max(0, -dy) : 8 - max(0, dy), max(0, -dx) : 8 - max(0, dx)]
+                shifted[max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
+                if torch.equal(shifted, b):
+                    matches.append((dy, dx))
+        assert matches, "an output is not a shifted copy of its input"
+        seen.update(matches)
+    assert len(seen) == 9  # all nine shifts occur
+    assert torch.equal(shift_digits(x, max_shift=0), x)
+
+
+def test_shift_digits_rejects_other_shapes():
+    from dgm.data import shift_digits
+
+    with pytest.raises(ValueError, match=r"\(n, 64\)"):
+        shift_digits(torch.zeros(3, 8, 8))

@@ -10,9 +10,11 @@ the build starts inherit it. Nothing is guessed from the kernel or the front end
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
-__all__ = ["STATIC_SITE_ENV", "building_site", "glue"]
+__all__ = ["STATIC_SITE_ENV", "building_site", "glue", "benchmark_results"]
 
 #: Environment variable set (to "1") while Jupyter Book builds the static site.
 STATIC_SITE_ENV = "DGM_STATIC_SITE"
@@ -38,3 +40,17 @@ def glue(name: str, value, display: bool = False):
             _display(value)
         return
     _glue(name, value, display=display)
+
+
+def benchmark_results(name: str):
+    """What ``benchmarks/<name>.py`` wrote to ``benchmarks/results/<name>.json``, or None.
+
+    The results live in the repository (a clone), not in the installed package: in Colab, or
+    before the benchmark was run, this prints how to produce them and returns None.
+    """
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / f"{name}.json"
+    if not path.exists():
+        print(f"No benchmark results at {path}: in a clone of the book's repository, run "
+              f"`.venv/bin/python benchmarks/{name}.py` to produce them.")
+        return None
+    return json.loads(path.read_text())

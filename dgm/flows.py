@@ -9,7 +9,6 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn import functional as F
 
 
 def _check_input(x, dim: int, what: str = "x") -> torch.Tensor:
@@ -92,7 +91,8 @@ class Planar(nn.Module):
 
     def u_hat(self):
         wu = self.w @ self.u
-        return self.u + (F.softplus(wu) - 1 - wu) * self.w / (self.w @ self.w)
+        m = -1 + 1e-4 + F.softplus(wu)  # m(w^T u) > -1, with a margin that survives float32 rounding
+        return self.u + (m - wu) * self.w / (self.w @ self.w)
 
     def inverse(self, z):  # z -> x = g(z), log|det dg/dz|
         u, a = self.u_hat(), z @ self.w + self.b
@@ -350,7 +350,7 @@ class SplineCoupling(nn.Module):
         min_bin = 1e-3
         widths = (min_bin + (1 - min_bin * self.bins) * F.softmax(rw, -1)) * 2 * self.bound
         heights = (min_bin + (1 - min_bin * self.bins) * F.softmax(rh, -1)) * 2 * self.bound
-        inner = 1e-3 + F.softplus(rd + math.log(math.e - 1))  # = 1 when rd = 0, so the layer starts as identity
+        inner = 1e-3 + F.softplus(rd + math.log(math.e - 1))  # about 1 when rd = 0: the layer starts near the identity
         ones = torch.ones_like(inner[..., :1])
         return widths, heights, torch.cat([ones, inner, ones], -1)
 

@@ -98,3 +98,4 @@ def test_exam_grade_off_the_scale_raises(exam):
 def test_bool_exam_grade_raises():
     with pytest.raises((TypeError, ValueError)):
         final_grade(True, 10)
+

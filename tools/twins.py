@@ -4,13 +4,17 @@
     python -m tools.twins --check  # exit 1 and name the twins that are out of date
 
 A twin is the page converted by jupytext, with one cell put in front that installs the
-``dgm`` package when (and only when) the notebook runs in Colab. The repository it installs
+``dgm`` package when (and only when) the notebook runs in Colab. The twin of an exercise
+sheet (a page under exercises/) is the *student* version: the solutions, written in the
+sheet between ``{solution-start}`` and ``{solution-end}`` and in code cells tagged
+``solution``, are removed; the code stubs (tagged ``stub``, hidden on the site) stay. The repository it installs
 from is the one setting ``repository.url`` in ``_config.yml``. Twins are never edited by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -61,9 +65,44 @@ def colab_cell(root: Path = ROOT) -> nbformat.NotebookNode:
     return cell
 
 
+def _fence_name(line: str) -> str | None:
+    m = re.match(r"^(`{3,}|:{3,})\{([\w-]+)\}", line.strip())
+    return m.group(2) if m else None
+
+
+def strip_solutions(cells: list) -> list:
+    """Drop everything from each ``{solution-start}`` to its ``{solution-end}``, and solution cells."""
+    kept, inside = [], False
+    for cell in cells:
+        if cell.cell_type == "code":
+            if not inside and "solution" not in cell.metadata.get("tags", []):
+                kept.append(cell)
+            continue
+        lines, out, skip_fence = cell.source.splitlines(), [], False
+        for line in lines:
+            name = _fence_name(line)
+            if name == "solution-start":
+                inside, skip_fence = True, True
+            elif name == "solution-end":
+                inside, skip_fence = False, True
+            elif skip_fence:
+                skip_fence = not line.strip().startswith("```")  # the directive's closing fence
+            elif not inside:
+                out.append(line)
+        text = "\n".join(out).strip()
+        if text:
+            cell.source = text
+            kept.append(cell)
+    if inside:
+        raise ValueError("a {solution-start} has no matching {solution-end}")
+    return kept
+
+
 def render(source: Path, root: Path = ROOT) -> str:
     """The twin of ``source`` as notebook JSON text (deterministic: no cell ids, no outputs)."""
     nb = jupytext.read(root / source)
+    if Path(source).parts[0] == "exercises":
+        nb.cells = strip_solutions(nb.cells)
     nb.cells.insert(0, colab_cell(root))
     for cell in nb.cells:
         cell.pop("id", None)

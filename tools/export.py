@@ -1,4 +1,5 @@
-"""Export the code a chapter teaches into the dgm package (in the spirit of d2l's ``#@save``).
+"""Export the code a chapter teaches into the dgm package (in the spirit of d2l's ``#@save``),
+and generate each project task's template.py from its reference solution.
 
     python -m tools.export          # write every exported module (`make notebooks` runs it)
     python -m tools.export --check  # exit 1 and name the modules that are out of date
@@ -82,14 +83,23 @@ def render(source: str, module_doc: str, root: Path = ROOT) -> str:
     return header + "\n\n\n".join(parts) + "\n"
 
 
+def project_templates(root: Path = ROOT) -> dict[Path, str]:
+    """template.py of every project task, generated from its reference/solution.py (see dgm.grade)."""
+    from dgm.grade import make_template
+
+    return {p.parents[1] / "template.py": make_template(p.read_text())
+            for p in sorted(root.glob("exercises/projects/*/reference/solution.py"))}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="report stale modules instead of writing them")
     args = parser.parse_args(argv)
     stale = []
-    for source, (module, doc) in EXPORTS.items():
-        text = render(source, doc)
-        path = ROOT / module
+    outputs = {ROOT / module: render(source, doc) for source, (module, doc) in EXPORTS.items()}
+    outputs.update(project_templates())
+    for path, text in outputs.items():
+        module = path.relative_to(ROOT)
         if args.check:
             if not path.exists() or path.read_text() != text:
                 stale.append(module)
@@ -101,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if stale:
             print("run `make notebooks` and commit the result")
         return 1 if stale else 0
-    print(f"wrote {len(EXPORTS)} exported modules")
+    print(f"wrote {len(outputs)} generated modules (chapter exports and project templates)")
     return 0
 
 

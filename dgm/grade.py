@@ -1,0 +1,126 @@
+"""The local grader of the project tasks, and the one source of their templates.
+
+    python -m dgm.grade exercises/projects/flows                       # grade template.py there
+    python -m dgm.grade exercises/projects/flows --submission my.py    # grade your file
+    python -m dgm.grade exercises/projects/flows --others 7 9.5        # and the bonus with your other projects
+
+A project folder holds ``grading_tests.py`` (pytest tests with a ``points(n)`` mark each, 10
+points in all), the reference solution ``reference/solution.py``, and ``template.py``, which is
+*generated* from the solution: every block between ``# TODO (...)`` and ``# END TODO`` becomes
+``raise NotImplementedError``. The grader runs the tests on a submission and adds up the points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .grading import PROJECT_POINTS, bonus
+
+__all__ = ["TestResult", "grade", "make_template", "main"]
+
+_TODO = re.compile(r"^(?P<indent>[ \t]*)# TODO \((?P<points>[\d.]+) points?\): (?P<text>.*)$")
+_END = re.compile(r"^[ \t]*# END TODO\s*$")
+
+
+def make_template(solution: str) -> str:
+    """The template of a reference solution: each TODO block's code replaced by NotImplementedError."""
+    out, inside = [], None
+    for line in solution.splitlines():
+        start = _TODO.match(line)
+        if start:
+            if inside:
+                raise ValueError(f"nested TODO: {line.strip()}")
+            inside = start
+            out.append(line)
+        elif _END.match(line):
+            if not inside:
+                raise ValueError("an END TODO without its TODO")
+            text = inside["text"].replace('"', "'")
+            out.append(f'{inside["indent"]}raise NotImplementedError("{text}")')
+            inside = None
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise ValueError(f"TODO without END TODO: {inside['text']}")
+    return "\n".join(out) + "\n"
+
+
+@dataclass
+class TestResult:
+    name: str
+    points: float
+    passed: bool
+    message: str = ""
+
+
+class _Collector:
+    def __init__(self):
+        self.results: list[TestResult] = []
+        self._points: dict[str, float] = {}
+
+    def pytest_configure(self, config):
+        config.addinivalue_line("markers", "points(n): points a grading test is worth")
+
+    def pytest_runtest_logreport(self, report):
+        if report.when == "call" or (report.when == "setup" and report.failed):
+            pts = self._points.get(report.nodeid, 0.0)
+            message = "" if report.passed else str(report.longrepr.reprcrash.message if hasattr(report.longrepr, "reprcrash") else report.longrepr).splitlines()[0]
+            self.results.append(TestResult(report.nodeid.split("::")[-1], pts, report.passed, message))
+
+    def pytest_collection_modifyitems(self, items):
+        self._points = {item.nodeid: float(item.get_closest_marker("points").args[0]) for item in items
+                        if item.get_closest_marker("points")}
+
+
+def grade(project: str | Path, submission: str | Path | None = None) -> list[TestResult]:
+    """Run a project's grading tests on ``submission`` (default: its template.py); one result per test."""
+    import pytest
+
+    project = Path(project).resolve()
+    tests = project / "grading_tests.py"
+    if not tests.exists():
+        raise FileNotFoundError(f"{project} has no grading_tests.py: is it a project folder?")
+    submission = Path(submission).resolve() if submission else project / "template.py"
+    if not submission.exists():
+        raise FileNotFoundError(f"no submission at {submission}")
+    collector = _Collector()
+    old = os.environ.get("DGM_SUBMISSION")
+    os.environ["DGM_SUBMISSION"] = str(submission)
+    try:
+        pytest.main([str(tests), "-q", "-p", "no:cacheprovider", "--import-mode=importlib", "-o", "addopts=",
+                     "--rootdir", str(project), "--no-header", "--tb=no", "-s"], plugins=[collector])
+    finally:
+        if old is None:
+            os.environ.pop("DGM_SUBMISSION", None)
+        else:
+            os.environ["DGM_SUBMISSION"] = old
+    return collector.results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Grade a project task locally.")
+    parser.add_argument("project", help="the project folder, e.g. exercises/projects/flows")
+    parser.add_argument("--submission", help="your solution file (default: the project's template.py)")
+    parser.add_argument("--others", nargs="*", type=float, default=[],
+                        help="your points in the other project tasks, to compute the bonus")
+    args = parser.parse_args(argv)
+    results = grade(args.project, args.submission)
+    total = sum(r.points for r in results if r.passed)
+    available = sum(r.points for r in results)
+    print(f"\n{'test':<50} {'points':>8}")
+    for r in results:
+        print(f"{r.name:<50} {r.points if r.passed else 0:>4g} / {r.points:<3g}" + ("" if r.passed else f"  {r.message}"))
+    print(f"{'total':<50} {total:>4g} / {available:g}")
+    all_points = total + sum(args.others)
+    print(f"all projects: {all_points:g} / {PROJECT_POINTS:g} points -> bonus {bonus(min(all_points, PROJECT_POINTS)):.1f} "
+          "(applied to a passed exam)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -169,8 +169,12 @@ def test_images_load_and_math_renders(browser, site_url, page):
     )
     assert not broken, f"{page}: images that did not load: {broken}"
     if parse(ROOT / "_build" / "html" / f"{page}.html").classes.count("math notranslate nohighlight"):
-        tab.wait_for_selector("mjx-container", timeout=15_000)
-        raw = tab.eval_on_selector_all(".math", "els => els.filter(e => !e.querySelector('mjx-container')).length")
+        untypeset = "() => [...document.querySelectorAll('.math')].filter(e => !e.querySelector('mjx-container')).length"
+        try:
+            tab.wait_for_function(f"({untypeset})() === 0", timeout=20_000)
+        except Exception:
+            pass  # reported below with the count
+        raw = tab.evaluate(untypeset)
         assert raw == 0, f"{page}: {raw} math elements were not typeset by MathJax"
     tab.context.close()
 

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             if not path.exists() or path.read_text() != text:
                 stale.append(module)
-        else:
+        elif not path.exists() or path.read_text() != text:  # unchanged files keep their mtime (make)
             path.write_text(text)
     if args.check:
         for m in stale:

@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if stale or orphans else 0
     for p, text in expected.items():
         (ROOT / p).parent.mkdir(parents=True, exist_ok=True)
-        (ROOT / p).write_text(text)
+        if str(p) in stale:
+            (ROOT / p).write_text(text)
     for p in orphans:
         (ROOT / p).unlink()
     print(f"wrote {len(expected)} notebooks to {TWINS.relative_to(ROOT)}/")

@@ -26,13 +26,18 @@ def sub():
     return module
 
 
+def perturbed(module, scale):
+    """module in float64 with random weights added (untrained layers are close to the identity)."""
+    module = module.double()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return module
+
+
 def random_coupling(sub, mask, seed=0):
     torch.manual_seed(seed)
-    layer = sub.Coupling(torch.tensor(mask), hidden=16).double()
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(0.5 * torch.randn_like(p))
-    return layer
+    return perturbed(sub.Coupling(torch.tensor(mask), hidden=16), 0.5)
 
 
 @pytest.mark.points(2)
@@ -59,11 +64,7 @@ def test_coupling_inverse(sub):
 
 def random_flow(sub, seed=2):
     torch.manual_seed(seed)
-    flow = sub.CouplingFlow(n_layers=4, hidden=16).double()
-    with torch.no_grad():
-        for p in flow.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return flow
+    return perturbed(sub.CouplingFlow(n_layers=4, hidden=16), 0.2)
 
 
 @pytest.mark.points(2)

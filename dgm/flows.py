@@ -79,7 +79,7 @@ def check_layer(layer, x, atol: float = 1e-4):
 class Planar(nn.Module):
     """Planar flow g(z) = z + u_hat tanh(w^T z + b) (generative direction), invertible by construction.
 
-    forward(x) solves g(z) = x by bisection on the scalar w^T z; inverse(z) is the closed form.
+    forward(x) solves g(z) = x by bisection on the scalar eta = w^T z; inverse(z) is the closed form.
     Defined in book/01_flows.md, section "Planar and radial flows".
     """
 
@@ -102,17 +102,17 @@ class Planar(nn.Module):
     def forward(self, x, iters: int = 60):  # x -> z = g^{-1}(x), log|det dg^{-1}/dx|
         u = self.u_hat()
         wu, target = self.w @ u, x @ self.w
-        lo, hi = target - wu.abs() - 1e-3, target + wu.abs() + 1e-3  # alpha lies in between
+        lo, hi = target - wu.abs() - 1e-3, target + wu.abs() + 1e-3  # eta lies in between
         lo, hi = lo.detach(), hi.detach()
         for _ in range(iters):
             mid = (lo + hi) / 2
             too_big = mid + wu * torch.tanh(mid + self.b) > target
             lo, hi = torch.where(too_big, lo, mid), torch.where(too_big, mid, hi)
-        # one Newton step from the (detached) root makes alpha differentiable in x, u, w, b
-        alpha = ((lo + hi) / 2).detach()
-        slope = 1 + wu * (1 - torch.tanh(alpha + self.b) ** 2)
-        alpha = alpha - (alpha + wu * torch.tanh(alpha + self.b) - target) / slope
-        a = alpha + self.b
+        # one Newton step from the (detached) root makes eta differentiable in x, u, w, b
+        eta = ((lo + hi) / 2).detach()
+        slope = 1 + wu * (1 - torch.tanh(eta + self.b) ** 2)
+        eta = eta - (eta + wu * torch.tanh(eta + self.b) - target) / slope
+        a = eta + self.b
         z = x - u * torch.tanh(a)[:, None]
         return z, -torch.log((1 + (1 - torch.tanh(a) ** 2) * wu).abs())
 
@@ -303,12 +303,12 @@ class IAF(nn.Module):
 def rq_spline(x, widths, heights, slopes, bound: float, inverse: bool = False):
     """Elementwise monotone rational-quadratic spline on [-bound, bound], identity outside.
 
-    widths, heights: (..., K) positive, each summing to 2 * bound; slopes: (..., K + 1) positive.
+    widths, heights: (..., J) positive, each summing to 2 * bound; slopes: (..., J + 1) positive.
     Returns y and log|dy/dx| (for inverse=True: x from y, and log|dx/dy|), both shaped like x.
     Defined in book/01_flows.md, section "Spline flows".
     """
     inside = (x > -bound) & (x < bound)
-    xk = F.pad(torch.cumsum(widths, -1), (1, 0)) - bound  # knots, (..., K + 1)
+    xk = F.pad(torch.cumsum(widths, -1), (1, 0)) - bound  # knots, (..., J + 1)
     yk = F.pad(torch.cumsum(heights, -1), (1, 0)) - bound
     knots = yk if inverse else xk
     k = torch.searchsorted(knots[..., 1:-1].contiguous(), x.clamp(-bound, bound)[..., None]).clamp(max=widths.shape[-1] - 1)
@@ -333,7 +333,7 @@ def rq_spline(x, widths, heights, slopes, bound: float, inverse: bool = False):
 
 
 class SplineCoupling(nn.Module):
-    """Coupling layer whose transform of each coordinate in B is a rational-quadratic spline with K bins.
+    """Coupling layer whose transform of each coordinate in B is a rational-quadratic spline with J bins.
 
     Defined in book/01_flows.md, section "Spline flows".
     """

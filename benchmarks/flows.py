@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from dgm import data
-from dgm.flows import MADE, Flow, Logit, NeuralSpline
+from dgm.flows import MADE, Flow, Logit, NeuralSpline, dequantization_bound, dequantized_nll
 from dgm.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,26 +47,12 @@ def toy_kl(name: str, epochs: int) -> dict:
             "seconds": hist.seconds, "epochs": len(hist.train)}
 
 
-def dequantized_loss(model, x):
-    if model.training:
-        x = data.shift_digits(x)
-    return -model.log_prob(data.dequantize(x)).mean()
-
-
-def digits_bound(model, x, draws: int = 20) -> float:
-    with torch.no_grad():
-        return torch.stack([
-            data.discrete_nll_bound(model.log_prob(data.dequantize(x, generator=torch.Generator().manual_seed(s))), DIM)
-            for s in range(draws)
-        ]).mean().item()
-
-
 def spline_flow_digits(epochs: int) -> dict:
     torch.manual_seed(0)
     flow = Flow([Logit()] + list(NeuralSpline(DIM, n_layers=8, hidden=192, bins=8, bound=5.0).layers), dim=DIM)
-    hist = fit(flow, dequantized_loss, data.digits("train"), val=data.digits("val"), epochs=epochs, batch_size=100,
+    hist = fit(flow, dequantized_nll, data.digits("train"), val=data.digits("val"), epochs=epochs, batch_size=100,
                lr=1e-3, weight_decay=1e-4, patience=30, seed=0, progress=False)
-    nll = digits_bound(flow, data.digits("test"))
+    nll = dequantization_bound(flow, data.digits("test")).mean().item()
     return {"bound": "uniform dequantization (Jensen), 20 noise draws", "test_nll_nats": nll,
             "bits_per_dim": data.bits_per_dim(nll, DIM), "parameters": sum(p.numel() for p in flow.parameters()),
             "seconds": hist.seconds, "best_epoch": hist.best_epoch + 1}

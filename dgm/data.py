@@ -34,6 +34,7 @@ __all__ = [
     "toy_log_prob",
     "toy_entropy",
     "toy_components",
+    "check_points",
     "digits",
     "DIGITS_SPLITS",
     "DIGITS_LEVELS",
@@ -129,7 +130,8 @@ def _check_count(n) -> int:
     return n
 
 
-def _check_points(x, what: str = "x", dim: int = 2) -> torch.Tensor:
+def check_points(x, dim: int = 2, what: str = "x") -> torch.Tensor:
+    """x itself if it is a float tensor of shape (n, dim); otherwise a ValueError (TypeError) that says what was expected."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor of shape (n, {dim}), got {type(x).__name__}")
     if not x.is_floating_point() or x.ndim != 2 or x.shape[1] != dim:
@@ -231,7 +233,7 @@ def toy_log_prob(name: str, x: torch.Tensor) -> torch.Tensor:
     (outside the checkerboard's dark squares).
     """
     _spec(name)
-    x = _check_points(x)
+    x = check_points(x)
     return _log_prob64(name, x.detach().to(torch.float64)).to(x.dtype)
 
 

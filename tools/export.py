@@ -21,6 +21,8 @@ from pathlib import Path
 
 import jupytext
 
+from tools.generated import sync
+
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "#@save"
 
@@ -95,24 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="report stale modules instead of writing them")
     args = parser.parse_args(argv)
-    stale = []
-    outputs = {ROOT / module: render(source, doc) for source, (module, doc) in EXPORTS.items()}
-    outputs.update(project_templates())
-    for path, text in outputs.items():
-        module = path.relative_to(ROOT)
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(module)
-        elif not path.exists() or path.read_text() != text:  # unchanged files keep their mtime (make)
-            path.write_text(text)
-    if args.check:
-        for m in stale:
-            print(f"out of date: {m}")
-        if stale:
-            print("run `make notebooks` and commit the result")
-        return 1 if stale else 0
-    print(f"wrote {len(outputs)} generated modules (chapter exports and project templates)")
-    return 0
+    outputs = {Path(module): render(source, doc) for source, (module, doc) in EXPORTS.items()}
+    outputs.update({p.relative_to(ROOT): text for p, text in project_templates().items()})
+    status = sync(outputs, ROOT, args.check)
+    if not args.check:
+        print(f"{len(outputs)} generated modules (chapter exports and project templates) are up to date")
+    return status
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import jupytext
 import nbformat
 import yaml
 
+from tools.generated import sync
+
 ROOT = Path(__file__).resolve().parents[1]
 TWINS = ROOT / "notebooks"
 
@@ -118,24 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     expected = {twin_path(s): render(s) for s in sources()}
     present = {p.relative_to(ROOT) for p in TWINS.rglob("*.ipynb")}
-    stale = [str(p) for p, text in expected.items() if not (ROOT / p).exists() or (ROOT / p).read_text() != text]
-    orphans = sorted(str(p) for p in present - set(expected))
-    if args.check:
-        for p in stale:
-            print(f"out of date: {p}")
-        for p in orphans:
-            print(f"no source for: {p}")
-        if stale or orphans:
-            print("run `make notebooks` and commit the result")
-        return 1 if stale or orphans else 0
-    for p, text in expected.items():
-        (ROOT / p).parent.mkdir(parents=True, exist_ok=True)
-        if str(p) in stale:
-            (ROOT / p).write_text(text)
-    for p in orphans:
-        (ROOT / p).unlink()
-    print(f"wrote {len(expected)} notebooks to {TWINS.relative_to(ROOT)}/")
-    return 0
+    status = sync(expected, ROOT, args.check, orphans=sorted(present - set(expected)))
+    if not args.check:
+        print(f"{len(expected)} notebooks in {TWINS.relative_to(ROOT)}/ are up to date")
+    return status
 
 
 if __name__ == "__main__":

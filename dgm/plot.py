@@ -26,6 +26,9 @@ COLORS: dict[str, str] = {
     "diffusion": "#9467bd",
     "autoregressive": "#ff7f0e",
     "independent": "#7f7f7f",
+    "vi": "#17becf",          # a variational approximation q (reverse KL)
+    "forward_kl": "#e377c2",  # a fit by forward KL (moment matching)
+    "laplace": "#bcbd22",     # a Laplace approximation
 }
 
 #: Square window that shows every 2D toy of :mod:`dgm.data`.

@@ -179,8 +179,18 @@ def test_images_load_and_math_renders(browser, site_url, page):
     tab.context.close()
 
 
-def test_intro_slider_changes_the_picture(browser, site_url):
-    tab, errors, _ = open_page(browser, site_url, "book/00_intro")
+# Pages whose code draws a slider (dgm.slider.slider): on the site each must move without a kernel.
+SLIDER_PAGES = [p for p in NOTEBOOK_PAGES if "slider(" in next(ROOT.glob(p + ".*")).read_text()]
+
+
+def test_chapters_with_sliders_are_found():
+    assert {"book/00_intro", "book/01_flows", "book/02_vi"} <= set(SLIDER_PAGES)
+
+
+@pytest.mark.parametrize("page", SLIDER_PAGES)
+def test_slider_changes_the_picture(browser, site_url, page):
+    tab, errors, _ = open_page(browser, site_url, page)
+    assert tab.locator(".dgm-slider").count() >= 1, f"{page} draws a slider but the page shows none"
     slider = tab.locator(".dgm-slider").first
     slider.scroll_into_view_if_needed()
     visible = lambda: slider.locator("img.dgm-slider-frame:visible")  # noqa: E731

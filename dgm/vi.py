@@ -39,7 +39,7 @@ class LinearGaussian(nn.Module):
             raise ValueError(f"x must be a float tensor of shape (n, D), got {getattr(x, 'dtype', type(x).__name__)} "
                              f"of shape {tuple(getattr(x, 'shape', ()))}")
         b = x.mean(0)
-        evals, evecs = torch.linalg.eigh(torch.cov((x - b).T))
+        evals, evecs = torch.linalg.eigh((x - b).T @ (x - b) / len(x))  # the ML covariance (divides by n)
         evals, evecs = evals.flip(0), evecs.flip(1)  # largest first
         sigma2 = evals[d:].mean()  # the discarded directions' average variance
         return cls(evecs[:, :d] * (evals[:d] - sigma2).clamp_min(0).sqrt(), b, sigma2.sqrt().item())

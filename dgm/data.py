@@ -35,6 +35,7 @@ __all__ = [
     "toy_entropy",
     "toy_components",
     "check_points",
+    "check_levels",
     "digits",
     "DIGITS_SPLITS",
     "DIGITS_LEVELS",
@@ -319,7 +320,10 @@ def shift_digits(x: torch.Tensor, max_shift: int = 1, generator: torch.Generator
     return out.reshape(n, 64)
 
 
-def _check_levels(x, levels: int) -> torch.Tensor:
+def check_levels(x, levels: int = DIGITS_LEVELS, dim: int | None = None) -> torch.Tensor:
+    """x itself if it holds integer levels 0..levels-1 as a torch.long tensor of shape (n, D) (D = dim if given); else a ValueError saying what was expected."""
+    if dim is not None and isinstance(x, torch.Tensor) and x.ndim == 2 and x.shape[1] != dim:
+        raise ValueError(f"expected integer levels as a torch.long tensor of shape (n, {dim}), got shape {tuple(x.shape)}")
     if not isinstance(x, torch.Tensor) or x.dtype != torch.long or x.ndim != 2:
         got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"expected integer levels as a torch.long tensor of shape (n, D), got {got}")
@@ -335,7 +339,7 @@ def dequantize(x: torch.Tensor, levels: int = DIGITS_LEVELS, generator: torch.Ge
     ``[0, 1)^D``. A density ``p(y)`` on this cube gives a valid bound on the discrete data
     (see :func:`discrete_nll_bound`).
     """
-    x = _check_levels(x, levels)
+    x = check_levels(x, levels)
     u = torch.rand(x.shape, generator=generator)
     y = (x.float() + u) / levels
     # float32 rounding of x + u (u just below 1) must not carry y into the next bin

@@ -17,16 +17,16 @@ from dgm.vi import kl_diag_gaussians, reparameterize
 LEVELS = data.DIGITS_LEVELS  # pixel values 0..16
 
 
-def discretized_logistic_log_probs(mean, log_scale, levels: int = LEVELS):
-    """log P(x = k) for every level k = 0..levels-1 under eq. (disc-logistic): shape (..., levels).
+def discretized_logistic_log_prob(k, mean, log_scale, levels: int = LEVELS):
+    """log P(x = k) under the discretized logistic of eq. (disc-logistic); k, mean, log_scale broadcast.
 
-    mean and log_scale have any shape (...); the end bins take the logistic's tails.
+    k holds levels 0..levels-1 (any dtype); the end bins take the logistic's tails.
     Defined in book/03_vae.md, section "A likelihood for discrete pixels".
     """
-    k = torch.arange(levels, dtype=mean.dtype, device=mean.device)
-    inv_s = torch.exp(-log_scale)[..., None]
-    a = torch.where(k > 0, (k - 0.5 - mean[..., None]) * inv_s, -math.inf)  # lower bin edge, standardized
-    b = torch.where(k < levels - 1, (k + 0.5 - mean[..., None]) * inv_s, math.inf)  # upper bin edge
+    k = k.to(mean.dtype)
+    inv_s = torch.exp(-log_scale)
+    a = torch.where(k > 0, (k - 0.5 - mean) * inv_s, -math.inf)  # lower bin edge, standardized
+    b = torch.where(k < levels - 1, (k + 0.5 - mean) * inv_s, math.inf)  # upper bin edge
     return F.logsigmoid(b) + F.logsigmoid(-a) + torch.log(-torch.expm1(a - b))  # eq. (disc-logistic-log)
 
 
@@ -66,25 +66,41 @@ class VAE(nn.Module):
         x = data.check_levels(x, LEVELS, self.dim)
         return self.encoder(x.float() / 8 - 1).chunk(2, dim=-1)
 
-    def pixel_log_probs(self, z):
-        """log p_theta(x_i = k | z) for every pixel i and level k: shape (..., dim, 17) for z of shape (..., z_dim)."""
-        out = self.decoder(z).unflatten(-1, (self.n_out, self.dim)).transpose(-1, -2)  # (..., dim, n_out)
-        if self.likelihood == "categorical":
-            return F.log_softmax(out, dim=-1)
-        logits, mean, log_scale = out.unflatten(-1, (3, self.components)).unbind(-2)  # each (..., dim, components)
-        log_p = discretized_logistic_log_probs(8 + mean, log_scale.clamp(min=-5))  # (..., dim, components, 17)
-        return torch.logsumexp(F.log_softmax(logits, -1)[..., None] + log_p, dim=-2)
+    def _decode(self, z):
+        """The decoder's outputs for each pixel: shape (..., dim, n_out)."""
+        return self.decoder(z).unflatten(-1, (self.n_out, self.dim)).transpose(-1, -2)
+
+    def _mixture_log_prob(self, out, x):
+        """log of each pixel's mixture of discretized logistics at levels x (broadcast against out[..., 0])."""
+        logits, mean, log_scale = out.unflatten(-1, (3, self.components)).unbind(-2)  # each (..., components)
+        log_p = discretized_logistic_log_prob(x[..., None], 8 + mean, log_scale.clamp(min=-5))
+        return torch.logsumexp(F.log_softmax(logits, -1) + log_p, dim=-1)
 
     def log_lik(self, x, z):
         """log p_theta(x | z), summed over pixels; x (n, dim) and z (..., n, z_dim) give shape (..., n)."""
-        log_p = self.pixel_log_probs(z)
-        return log_p.gather(-1, x.expand(*log_p.shape[:-1])[..., None]).squeeze(-1).sum(-1)
+        out = self._decode(z)
+        if self.likelihood == "categorical":
+            log_p = F.log_softmax(out, -1).gather(-1, x.expand(*out.shape[:-1])[..., None]).squeeze(-1)
+        else:
+            log_p = self._mixture_log_prob(out, x)  # only at the observed levels: 17 times cheaper
+        return log_p.sum(-1)
 
-    def elbo_terms(self, x):
-        """The ELBO's two terms (eq. vae-elbo), each of shape (n,): reconstruction E_q log p(x|z), one sample, and KL(q || p(z))."""
+    def pixel_log_probs(self, z):
+        """log p_theta(x_i = k | z) for every pixel i and level k: shape (..., dim, 17) for z of shape (..., z_dim)."""
+        out = self._decode(z)
+        if self.likelihood == "categorical":
+            return F.log_softmax(out, -1)
+        return self._mixture_log_prob(out[..., None, :], torch.arange(LEVELS, device=z.device))
+
+    def elbo_terms(self, x, per_dim: bool = False):
+        """The ELBO's two terms (eq. vae-elbo): reconstruction log p(x | z) at one sample z ~ q, shape (n,),
+        and KL(q || p(z)), shape (n,), or (n, z_dim) per latent dimension with per_dim=True."""
         mu, logvar = self.encode(x)
         z = reparameterize(mu, logvar)
-        return self.log_lik(x, z), kl_diag_gaussians(mu, logvar, torch.zeros_like(mu), torch.zeros_like(logvar))
+        zero = torch.zeros_like(mu)
+        if per_dim:  # each dimension as its own one-dimensional Gaussian
+            return self.log_lik(x, z), kl_diag_gaussians(mu[..., None], logvar[..., None], zero[..., None], zero[..., None])
+        return self.log_lik(x, z), kl_diag_gaussians(mu, logvar, zero, zero)
 
     def elbo(self, x):
         """A one-sample estimate of the ELBO of each image in nats, shape (n,)."""
@@ -115,11 +131,13 @@ class VAE(nn.Module):
         return torch.distributions.Categorical(logits=self.pixel_log_probs(z)).sample()
 
 
-def vae_loss(warmup_steps: int = 0, shift: bool = True):
-    """The training loss -[reconstruction - beta_t KL] (batch mean) for `fit`, with KL warm-up beta_t = min(1, t / warmup_steps).
+def vae_loss(beta: float = 1.0, warmup_steps: int = 0, free_bits: float = 0.0, shift: bool = True, record=None):
+    """The training loss for `fit`: -[reconstruction - beta_t KL] averaged over the batch.
 
-    While training, each image is shifted by up to one pixel (data.shift_digits); in evaluation
-    the loss is the plain negative ELBO (beta = 1).
+    beta_t = beta * min(1, t / warmup_steps) (KL warm-up). With free_bits > 0 each latent
+    dimension's batch-average KL counts as at least free_bits nats. While training, images are
+    shifted by up to one pixel (data.shift_digits), and `record` (a dict of lists), if given,
+    receives the batch means of both terms. In evaluation the loss is the plain negative ELBO.
     Defined in book/03_vae.md, section "A likelihood for discrete pixels".
     """
     step = 0
@@ -129,8 +147,12 @@ def vae_loss(warmup_steps: int = 0, shift: bool = True):
         if not model.training:
             return -model.elbo(x).mean()
         step += 1
-        beta = min(1.0, step / warmup_steps) if warmup_steps else 1.0
-        reconstruction, kl = model.elbo_terms(data.shift_digits(x) if shift else x)
-        return -(reconstruction - beta * kl).mean()
+        beta_t = beta * (min(1.0, step / warmup_steps) if warmup_steps else 1.0)
+        reconstruction, kl = model.elbo_terms(data.shift_digits(x) if shift else x, per_dim=True)
+        kl_term = kl.mean(0).clamp(min=free_bits).sum() if free_bits else kl.sum(-1).mean()
+        if record is not None:
+            record.setdefault("reconstruction", []).append(reconstruction.mean().item())
+            record.setdefault("KL", []).append(kl.sum(-1).mean().item())
+        return -(reconstruction.mean() - beta_t * kl_term)
 
     return loss

@@ -1,0 +1,98 @@
+"""Project 2: a variational autoencoder of your own. Fill in every TODO; do not rename anything.
+
+Run the grader from the repository root to see your points:
+
+    .venv/bin/python -m dgm.grade exercises/projects/vae
+
+The conventions are those of the VAE chapter: images x are torch.long tensors of shape (n, 64)
+with levels 0..16; the encoder gives (mu, logvar) of q_phi(z | x) = N(mu, diag exp(logvar)); the
+prior is N(0, I); the decoder gives 17 logits per pixel, a categorical p_theta(x_i | z).
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+LEVELS, DIM = 17, 64
+
+
+def reparameterize(mu, logvar):
+    """A sample z ~ N(mu, diag exp(logvar)) that is differentiable in mu and logvar; same shape as mu."""
+    # TODO (1 point): the reparameterization trick, z = mu + sigma * eps with eps ~ N(0, I).
+    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    # END TODO
+
+
+def kl_to_standard_normal(mu, logvar):
+    """KL( N(mu, diag exp(logvar)) || N(0, I) ) in nats for each row: (n, d) -> (n,)."""
+    # TODO (2 points): the closed form, summed over the latent dimensions.
+    return 0.5 * (logvar.exp() + mu**2 - 1 - logvar).sum(-1)
+    # END TODO
+
+
+class VAE(nn.Module):
+    """Encoder and decoder MLPs. Given; do not change."""
+
+    def __init__(self, z_dim=16, hidden=256):
+        super().__init__()
+        self.z_dim = z_dim
+        self.encoder = nn.Sequential(nn.Linear(DIM, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                     nn.Linear(hidden, 2 * z_dim))
+        self.decoder = nn.Sequential(nn.Linear(z_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                     nn.Linear(hidden, DIM * LEVELS))
+
+    def encode(self, x):
+        """(mu, logvar) of q_phi(z | x), each (n, z_dim)."""
+        return self.encoder(x.to(self.encoder[0].weight.dtype) / 8 - 1).chunk(2, dim=-1)
+
+    def log_lik(self, x, z):
+        """log p_theta(x | z), summed over pixels: x (n, 64) and z (..., n, z_dim) give (..., n)."""
+        logits = self.decoder(z).unflatten(-1, (DIM, LEVELS))
+        return F.log_softmax(logits, -1).gather(-1, x.expand(*logits.shape[:-1])[..., None]).squeeze(-1).sum(-1)
+
+    def elbo(self, x):
+        """A one-sample estimate of the ELBO of each image, shape (n,): log p(x | z) - KL(q(z | x) || p(z))."""
+        # TODO (2 points): encode, draw z with reparameterize, and combine the two terms.
+        mu, logvar = self.encode(x)
+        z = reparameterize(mu, logvar)
+        return self.log_lik(x, z) - kl_to_standard_normal(mu, logvar)
+        # END TODO
+
+
+def train(model, x_train, epochs=40, batch_size=100, lr=2e-3, seed=0):
+    """Maximize the ELBO of x_train (torch.long, (n, 64)) with minibatch Adam; return the epoch-mean -ELBO.
+
+    The grader trains VAE() on the 1000 training digits and expects a test -ELBO below 115 nats
+    per image, in well under a minute on 2 CPU cores.
+    """
+    # TODO (3 points): minibatch Adam on the mean negative ELBO; return the list of epoch-mean losses.
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(epochs):
+        total = 0.0
+        for idx in torch.randperm(len(x_train), generator=g).split(batch_size):
+            loss = -model.elbo(x_train[idx]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        losses.append(total / len(x_train))
+    return losses
+    # END TODO
+
+
+@torch.no_grad()
+def iwae_log_prob(model, x, k):
+    """The importance-weighted estimate of log p_theta(x) with k samples of q_phi(z | x), shape (n,)."""
+    # TODO (2 points): log (1/k) sum_i p(x, z_i) / q(z_i | x), z_i ~ q(z | x), computed stably in log space.
+    mu, logvar = model.encode(x)
+    std = torch.exp(0.5 * logvar)
+    z = mu + std * torch.randn(k, *mu.shape)
+    log_q = (-0.5 * ((z - mu) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    log_prior = (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)
+    log_w = model.log_lik(x, z) + log_prior - log_q
+    return torch.logsumexp(log_w, dim=0) - math.log(k)
+    # END TODO

@@ -109,7 +109,10 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def log_prob(self, x, k: int = 1000, chunk: int = 100):
-        """Importance-sampled estimate of log p_theta(x) with k samples of q_phi(z | x) (eq. iwae), shape (n,)."""
+        """Importance-sampled estimate of log p_theta(x) with k samples of q_phi(z | x) (eq. iwae), shape (n,).
+
+        Uses the model as it is: call model.eval() first (fit does) so that dropout is off.
+        """
         mu, logvar = self.encode(x)
         q = Normal(mu, (0.5 * logvar).exp())
         log_w = []
@@ -120,13 +123,13 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def decode_mean(self, z):
-        """The expected pixel values E[x | z], shape (n, dim): a picture of what z encodes."""
+        """The expected pixel values E[x | z], shape (n, dim): a picture of what z encodes (in eval mode, no dropout)."""
         levels = torch.arange(LEVELS, dtype=z.dtype, device=z.device)
         return (self.pixel_log_probs(z).exp() * levels).sum(-1)
 
     @torch.no_grad()
     def sample(self, n: int):
-        """n images x ~ p_theta(x | z), z ~ p(z): shape (n, dim), torch.long levels 0..16."""
+        """n images x ~ p_theta(x | z), z ~ p(z): shape (n, dim), torch.long levels 0..16 (in eval mode, no dropout)."""
         z = torch.randn(n, self.z_dim, device=next(self.parameters()).device)
         return torch.distributions.Categorical(logits=self.pixel_log_probs(z)).sample()
 

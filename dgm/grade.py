@@ -91,10 +91,14 @@ def grade(project: str | Path, submission: str | Path | None = None) -> list[Tes
     collector = _Collector()
     old = os.environ.get("DGM_SUBMISSION")
     os.environ["DGM_SUBMISSION"] = str(submission)
+    # Every project's tests are a module named grading_tests: forget the one imported by an earlier
+    # grade() in this process, or pytest would reuse it for this project.
+    sys.modules.pop("grading_tests", None)
     try:
         pytest.main([str(tests), "-q", "-p", "no:cacheprovider", "--import-mode=importlib", "-o", "addopts=",
                      "--rootdir", str(project), "--no-header", "--tb=no", "-s"], plugins=[collector])
     finally:
+        sys.modules.pop("grading_tests", None)
         if old is None:
             os.environ.pop("DGM_SUBMISSION", None)
         else:

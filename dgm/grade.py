@@ -21,10 +21,22 @@ from pathlib import Path
 
 from .grading import PROJECT_POINTS, bonus
 
-__all__ = ["TestResult", "grade", "make_template", "main"]
+__all__ = ["TestResult", "grade", "load_submission", "make_template", "main"]
 
 _TODO = re.compile(r"^(?P<indent>[ \t]*)# TODO \((?P<points>[\d.]+) points?\): (?P<text>.*)$")
 _END = re.compile(r"^[ \t]*# END TODO\s*$")
+
+
+def load_submission(project: str | Path):
+    """The submission module that a project's grading tests check: the file named by the
+    environment variable DGM_SUBMISSION (set by :func:`grade`), by default the project's template.py."""
+    import importlib.util
+
+    path = Path(os.environ.get("DGM_SUBMISSION", Path(project) / "template.py"))
+    spec = importlib.util.spec_from_file_location(f"submission_{abs(hash(str(path)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_template(solution: str) -> str:

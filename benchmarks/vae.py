@@ -27,7 +27,9 @@ from dgm.vae import VAE, vae_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "vae.json"
-CONFIG = dict(z_dim=16, hidden=512, components=3, dropout=0.1)  # chosen by a sweep on the validation split
+# Chosen by a sweep of 48 configurations that was scored on the test split (the same estimate as here),
+# so these numbers carry some selection optimism; early stopping itself uses the validation split.
+CONFIG = dict(z_dim=16, hidden=512, components=3, dropout=0.1)
 
 
 def train_and_evaluate(likelihood: str, seed: int, epochs: int, k: int) -> dict:

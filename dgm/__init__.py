@@ -10,6 +10,9 @@ Modules (imported lazily where they pull in heavy dependencies):
   strip of precomputed frames in the static site;
 * :mod:`dgm.grading`: the course's bonus and final-grade rule;
 * :mod:`dgm.book`: where a chapter runs, and glue for numbers quoted in prose.
+* :mod:`dgm.metrics`: evaluation without a likelihood (mode coverage, Fréchet distance);
+* :mod:`dgm.flows`, :mod:`dgm.vi`, :mod:`dgm.vae`: the model code of chapters 1 to 3, exported
+  from the chapters (tools/export.py), where it is derived.
 """
 
 __version__ = "0.1.0"

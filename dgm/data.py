@@ -322,11 +322,10 @@ def shift_digits(x: torch.Tensor, max_shift: int = 1, generator: torch.Generator
 
 def check_levels(x, levels: int = DIGITS_LEVELS, dim: int | None = None) -> torch.Tensor:
     """x itself if it holds integer levels 0..levels-1 as a torch.long tensor of shape (n, D) (D = dim if given); else a ValueError saying what was expected."""
-    if dim is not None and isinstance(x, torch.Tensor) and x.ndim == 2 and x.shape[1] != dim:
-        raise ValueError(f"expected integer levels as a torch.long tensor of shape (n, {dim}), got shape {tuple(x.shape)}")
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.long or x.ndim != 2:
+    if (not isinstance(x, torch.Tensor) or x.dtype != torch.long or x.ndim != 2
+            or (dim is not None and x.shape[1] != dim)):
         got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"expected integer levels as a torch.long tensor of shape (n, D), got {got}")
+        raise ValueError(f"expected integer levels as a torch.long tensor of shape (n, {dim or 'D'}), got {got}")
     if len(x) and (int(x.min()) < 0 or int(x.max()) >= levels):
         raise ValueError(f"levels must lie in 0..{levels - 1}, got values in {int(x.min())}..{int(x.max())}")
     return x

@@ -29,8 +29,8 @@ MARK = "#@save"
 #: chapter source -> (module path, one-line module description)
 EXPORTS: dict[str, tuple[str, str]] = {
     "book/01_flows.md": ("dgm/flows.py", "Normalizing flows: layers with forward/inverse and log-determinants, and flow models."),
-    "book/03_vae.md": ("dgm/vae.py", "Variational autoencoders: discretized logistic likelihood, the VAE for the digits, its training loss."),
     "book/02_vi.md": ("dgm/vi.py", "Variational inference: the Gaussian KL, the linear Gaussian model, CAVI, gradient estimators, black-box VI, HMC, encoders."),
+    "book/03_vae.md": ("dgm/vae.py", "Variational autoencoders: discretized logistic likelihood, the VAE for the digits, its training loss."),
 }
 
 

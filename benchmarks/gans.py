@@ -1,0 +1,118 @@
+"""GANs of the GAN chapter, trained longer than in the chapter: mode coverage and the Fréchet digits distance.
+
+    .venv/bin/python benchmarks/gans.py                 # both parts; writes benchmarks/results/gans.json
+    .venv/bin/python benchmarks/gans.py --part grid     # only the 5x5 grid (updates its part of the file)
+    .venv/bin/python benchmarks/gans.py --part digits   # only the digits
+    .venv/bin/python benchmarks/gans.py --quick         # a smoke run with tiny budgets (nothing written)
+
+* **grid**: a vanilla GAN (non-saturating loss) and the same GAN with the R1 penalty on the
+  discriminator, on the 5x5 grid of Gaussians, 5 seeds each. Reported: the components covered
+  and the fraction of high-quality samples (dgm.metrics.mode_coverage, on 10 000 samples), mean
+  and spread over the seeds (target: the best variant covers 25/25 with >= 90 % high-quality
+  samples on the majority of the seeds), and the samples of seed 0 during training.
+* **digits**: the Fréchet digits distance (dgm.metrics.frechet_digits_distance) to the test split
+  of 350 samples of a GAN, a class-conditional GAN and the VAE of chapter 3, next to 350 real
+  validation digits (the held-out floor), 350 real training digits, and a Gaussian fitted to the
+  training pixels (target: the GAN within 3x of the floor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dgm import data, metrics
+from dgm.gans import Discriminator, Generator, train_gan
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "gans.json"
+
+GRID_VARIANTS = {"vanilla": {}, "R1": {"r1": 0.1}}
+GRID_STEPS = 30_000
+GRID_SEEDS = [0, 1, 2, 3, 4]
+SNAPSHOT_STEPS = [0, 250, 500, 1000, 2000, 4000, 8000, 15_000, 22_000, 30_000]
+
+
+def grid_run(args: tuple[str, int, int]) -> dict:
+    variant, seed, steps = args
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    G, D = Generator(scale=2.0), Discriminator(scale=2.0)
+    x = data.toy("grid", 100_000, seed=seed).float()
+    z_fixed = torch.randn(400, G.z_dim, generator=torch.Generator().manual_seed(1000 + seed))
+    snapshots = {}
+
+    def record(step, G, D):
+        with torch.no_grad():
+            snapshots[step] = G(z_fixed).round(decimals=3).tolist()
+
+    start = time.time()
+    at = [s for s in SNAPSHOT_STEPS if s <= steps] if seed == 0 else []
+    train_gan(G, D, x, steps, record=record, record_at=at, seed=seed, **GRID_VARIANTS[variant])
+    seconds = time.time() - start
+    torch.manual_seed(2000 + seed)
+    covered, quality = metrics.mode_coverage(G.sample(10_000), "grid")
+    print(f"grid {variant} seed {seed}: {covered}/25 components, {quality:.3f} high quality, {seconds / 60:.1f} min", flush=True)
+    return {"variant": variant, "seed": seed, "covered": covered, "high_quality": quality, "seconds": seconds,
+            "snapshots": snapshots}
+
+
+def spread(values: list[float]) -> dict:
+    return {"mean": statistics.mean(values), "min": min(values), "max": max(values)}
+
+
+def grid_part(quick: bool, processes: int) -> dict:
+    steps, seeds = (300, [0, 1]) if quick else (GRID_STEPS, GRID_SEEDS)
+    jobs = [(v, s, steps) for v in GRID_VARIANTS for s in seeds]
+    with mp.get_context("spawn").Pool(processes) as pool:
+        runs = pool.map(grid_run, jobs)
+    out = {"steps": steps, "seeds": seeds, "variants": {}}
+    for v, options in GRID_VARIANTS.items():
+        rs = [r for r in runs if r["variant"] == v]
+        full = sum(r["covered"] == 25 and r["high_quality"] >= 0.9 for r in rs)
+        out["variants"][v] = {
+            "options": options,
+            "covered": spread([r["covered"] for r in rs]),
+            "high_quality": spread([r["high_quality"] for r in rs]),
+            "seeds_with_25_and_90pct": full,
+            "minutes_per_seed": statistics.mean(r["seconds"] for r in rs) / 60,
+            "runs": [{k: r[k] for k in ("seed", "covered", "high_quality", "seconds")} for r in rs],
+            "snapshots_seed0": next(r["snapshots"] for r in rs if r["seed"] == 0),
+        }
+        print(f"grid {v}: {out['variants'][v]['covered']['mean']:.1f}/25 components, "
+              f"{out['variants'][v]['high_quality']['mean']:.3f} high quality, "
+              f"25/25 and >= 90 % on {full} of {len(rs)} seeds", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budgets, nothing written")
+    parser.add_argument("--part", choices=["grid", "digits", "all"], default="all")
+    parser.add_argument("--processes", type=int, default=max(1, min(2, os.cpu_count() or 1)))
+    args = parser.parse_args(argv)
+    results = json.loads(OUT.read_text()) if OUT.exists() and not args.quick else {}
+    if args.part in ("grid", "all"):
+        results["grid"] = grid_part(args.quick, args.processes)
+    if args.part in ("digits", "all"):
+        results["digits"] = digits_part(args.quick)
+    if args.quick:
+        return 0
+    results.update({"date": dt.date.today().isoformat(), "cpus": os.cpu_count(), "torch": torch.__version__})
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(results) + "\n")  # one line: the snapshots are long lists
+    print(f"wrote {OUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -94,6 +94,97 @@ def grid_part(quick: bool, processes: int) -> dict:
     return out
 
 
+DIGITS_GAN = dict(dim=64, z_dim=16, hidden=256, depth=2)
+DIGITS_TRAIN = dict(r1=1.0, batch_size=128)
+DIGITS_STEPS = 6000
+DIGITS_SEEDS = [0, 1, 2]
+N_EVAL = 350  # the size of the validation split: every set compared with the test split has this size
+
+
+def to_unit(x: torch.Tensor, shift: bool = False) -> torch.Tensor:
+    """Digits levels -> dequantized values in (-1, 1), the generator's range (optionally shifted by ±1 pixel)."""
+    return data.dequantize(data.shift_digits(x) if shift else x) * 2 - 1
+
+
+def digits_gan_run(args: tuple[str, int, int]) -> dict:
+    variant, seed, steps = args
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    n_classes = 10 if variant == "conditional GAN" else 0
+    G = Generator(levels=data.DIGITS_LEVELS, n_classes=n_classes, **DIGITS_GAN)
+    D = Discriminator(dim=64, hidden=DIGITS_GAN["hidden"], depth=DIGITS_GAN["depth"], n_classes=n_classes)
+    x, y = data.digits("train", labels=True)
+    shift = variant == "GAN, trained on ±1-pixel shifts"
+    start = time.time()
+    train_gan(G, D, x, steps, y=y if n_classes else None, augment=lambda b: to_unit(b, shift), seed=seed,
+              **DIGITS_TRAIN)
+    seconds = time.time() - start
+    torch.manual_seed(3000 + seed)
+    labels = torch.arange(N_EVAL) % 10 if n_classes else None
+    samples = G.sample(N_EVAL, labels)
+    out = {"variant": variant, "seed": seed, "fdd": metrics.frechet_digits_distance(samples, data.digits("test")),
+           "seconds": seconds, "parameters": sum(p.numel() for p in G.parameters())}
+    if n_classes:  # does the classifier read the digit the generator was asked for?
+        out["label_accuracy"] = (metrics.digits_classifier()(samples).argmax(1) == labels).float().mean().item()
+    print(f"digits {variant} seed {seed}: FDD {out['fdd']:.2f}, {seconds / 60:.1f} min", flush=True)
+    return out
+
+
+def digits_vae_run(args: tuple[int, int]) -> dict:
+    seed, epochs = args
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from vae import train_vae  # the VAE benchmark's model and training, not a copy
+
+    model, hist = train_vae("logistic", seed, epochs)
+    model.eval()
+    torch.manual_seed(3000 + seed)
+    test = data.digits("test")
+    samples = model.sample(N_EVAL)
+    with torch.no_grad():
+        means = model.decode_mean(torch.randn(N_EVAL, model.z_dim)).round().long()
+    out = {"seed": seed, "fdd": metrics.frechet_digits_distance(samples, test),
+           "fdd_decoder_means": metrics.frechet_digits_distance(means, test), "seconds": hist.seconds}
+    print(f"digits VAE seed {seed}: FDD {out['fdd']:.2f} (decoder means {out['fdd_decoder_means']:.2f})", flush=True)
+    return out
+
+
+def digits_part(quick: bool, processes: int) -> dict:
+    steps, seeds, epochs = (200, [0], 2) if quick else (DIGITS_STEPS, DIGITS_SEEDS, 800)
+    test, train = data.digits("test"), data.digits("train")
+    g = torch.Generator().manual_seed(0)
+    train_subset = train[torch.randperm(len(train), generator=g)[:N_EVAL]]
+    pixels = train.double()
+    gauss = torch.distributions.MultivariateNormal(pixels.mean(0), torch.cov(pixels.T) + 1e-6 * torch.eye(64))
+    gauss_samples = gauss.sample((N_EVAL,)).round().clamp(0, data.DIGITS_LEVELS - 1).long()
+    rows = {
+        "real digits, validation split (held out: the floor)": metrics.frechet_digits_distance(data.digits("val"), test),
+        "real digits, training split": metrics.frechet_digits_distance(train_subset, test),
+        "Gaussian fitted to the training pixels": metrics.frechet_digits_distance(gauss_samples, test),
+    }
+    variants = ["GAN", "GAN, trained on ±1-pixel shifts", "conditional GAN"]
+    with mp.get_context("spawn").Pool(processes) as pool:
+        gan_runs = pool.map(digits_gan_run, [(v, s, steps) for v in variants for s in seeds])
+        vae_runs = pool.map(digits_vae_run, [(s, epochs) for s in seeds])
+    models = {}
+    for v in variants:
+        rs = [r for r in gan_runs if r["variant"] == v]
+        models[v] = {"fdd": spread([r["fdd"] for r in rs]), "minutes_per_seed": statistics.mean(r["seconds"] for r in rs) / 60,
+                     "parameters": rs[0]["parameters"], "runs": rs}
+        if "label_accuracy" in rs[0]:
+            models[v]["label_accuracy"] = spread([r["label_accuracy"] for r in rs])
+    models["VAE (chapter 3), samples x ~ p(x | z)"] = {"fdd": spread([r["fdd"] for r in vae_runs]),
+                                                       "minutes_per_seed": statistics.mean(r["seconds"] for r in vae_runs) / 60,
+                                                       "runs": vae_runs}
+    models["VAE (chapter 3), decoder means E[x | z], rounded"] = {"fdd": spread([r["fdd_decoder_means"] for r in vae_runs])}
+    for name, value in rows.items():
+        print(f"digits {name}: FDD {value:.2f}")
+    for name, r in models.items():
+        print(f"digits {name}: FDD {r['fdd']['mean']:.2f} ({r['fdd']['min']:.2f}..{r['fdd']['max']:.2f})", flush=True)
+    return {"n": N_EVAL, "reference": "test split", "steps": steps, "seeds": seeds, "gan": DIGITS_GAN,
+            "train": DIGITS_TRAIN, "baselines": rows, "models": models}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets, nothing written")
@@ -104,7 +195,7 @@ def main(argv=None) -> int:
     if args.part in ("grid", "all"):
         results["grid"] = grid_part(args.quick, args.processes)
     if args.part in ("digits", "all"):
-        results["digits"] = digits_part(args.quick)
+        results["digits"] = digits_part(args.quick, args.processes)
     if args.quick:
         return 0
     results.update({"date": dt.date.today().isoformat(), "cpus": os.cpu_count(), "torch": torch.__version__})

@@ -32,11 +32,17 @@ OUT = ROOT / "benchmarks" / "results" / "vae.json"
 CONFIG = dict(z_dim=16, hidden=512, components=3, dropout=0.1)
 
 
-def train_and_evaluate(likelihood: str, seed: int, epochs: int, k: int) -> dict:
+def train_vae(likelihood: str, seed: int, epochs: int):
+    """The benchmark's VAE trained on the digits (early stopping on validation): (model, history)."""
     torch.manual_seed(seed)
     model = VAE(likelihood=likelihood, **CONFIG)
     hist = fit(model, vae_loss(warmup_steps=3000), data.digits("train"), val=data.digits("val"), epochs=epochs,
                batch_size=100, lr=1e-3, patience=80, seed=seed, progress=False, device="cpu")
+    return model, hist
+
+
+def train_and_evaluate(likelihood: str, seed: int, epochs: int, k: int) -> dict:
+    model, hist = train_vae(likelihood, seed, epochs)
     x_test = data.digits("test")
     torch.manual_seed(1000 + seed)
     with torch.no_grad():

@@ -70,3 +70,28 @@ def test_frechet_distance_errors():
         metrics.frechet_distance(torch.randn(5, 3), torch.randn(5, 4))
     with pytest.raises(ValueError, match=r"feats_a must be a float tensor of shape \(n, d\)"):
         metrics.frechet_distance(torch.zeros(5, 3, dtype=torch.long), torch.randn(5, 3))
+
+
+def test_digits_classifier_is_cached_accurate_frozen_and_leaves_the_rng_alone():
+    state = torch.random.get_rng_state()
+    net = metrics.digits_classifier()
+    assert torch.equal(torch.random.get_rng_state(), state), "training the classifier must not move the global RNG"
+    assert metrics.digits_classifier(0) is net and not net.training
+    assert not any(p.requires_grad for p in net.parameters())
+    x, y = data.digits("val", labels=True)
+    assert (net(x).argmax(1) == y).float().mean() > 0.9
+    assert metrics.digits_features(x).shape == (len(x), 32)
+
+
+def test_frechet_digits_distance_separates_digits_from_blobs():
+    x_val, x_test = data.digits("val"), data.digits("test")
+    assert metrics.frechet_digits_distance(x_test, x_test) == pytest.approx(0.0, abs=1e-6)
+    train = data.digits("train").double()
+    torch.manual_seed(0)
+    gauss = torch.distributions.MultivariateNormal(train.mean(0), torch.cov(train.T) + 1e-6 * torch.eye(64))
+    blobs = gauss.sample((len(x_val),)).round().clamp(0, 16).long()
+    # a Gaussian with the pixels' mean and covariance: as close as real digits in pixel space, not in features
+    assert metrics.frechet_distance(blobs.double(), x_test.double()) < 1.5 * metrics.frechet_distance(x_val.double(), x_test.double())
+    assert metrics.frechet_digits_distance(blobs, x_test) > 2 * metrics.frechet_digits_distance(x_val, x_test)
+    with pytest.raises(ValueError, match="torch.long"):
+        metrics.frechet_digits_distance(x_val.float(), x_test)

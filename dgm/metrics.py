@@ -28,8 +28,8 @@ def mode_coverage(x: torch.Tensor, toy_name: str, min_share: float = 0.25) -> tu
 
     A sample is of **high quality** when it lies within 3 standard deviations (Euclidean
     distance <= 3 sigma) of its nearest component's center. A component is **covered** when it
-    receives at least ``min_share`` of the high-quality samples the true distribution would give
-    it: with K equally weighted components and n samples, at least min_share * n / K of them.
+    receives at least min_share * n / K high-quality samples, a share ``min_share`` of the n / K
+    samples the true distribution would give it (K equally weighted components, n samples).
     Samples of the true distribution cover every component, with about 98.9 % of high quality
     (P(|z| <= 3) for a 2D standard normal is 1 - exp(-4.5)).
     """

@@ -29,8 +29,11 @@ def glue(name: str, value, display: bool = False):
     """Make ``value`` available to the prose as ``{glue:}`name```` (myst-nb's glue).
 
     Outside the site build (Colab without myst-nb) the value is shown when ``display`` is
-    True and otherwise ignored, so a chapter runs the same everywhere.
+    True and otherwise ignored, so a chapter runs the same everywhere. NumPy scalars become
+    Python numbers, so that format specs such as ``:.2f`` apply to them in the prose.
     """
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # NumPy or 0-d torch scalar
+        value = value.item()
     try:
         from myst_nb import glue as _glue
     except ImportError:  # pragma: no cover - exercised only where myst-nb is missing

@@ -38,7 +38,7 @@ def gan_mlp(d_in: int, d_out: int, hidden: int, depth: int, spectral: bool = Fal
     """An MLP with `depth` hidden layers of width `hidden` and LeakyReLU(0.2) activations.
 
     With spectral=True every linear layer is spectrally normalized (its weight divided by its largest
-    singular value, estimated by power iteration), so the network is 1-Lipschitz.
+    singular value, estimated by power iteration), so the network is (approximately) 1-Lipschitz.
     Defined in book/04_gans.md, section "Training a GAN on 2D data".
     """
     dims = [d_in] + [hidden] * depth

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from dgm import data, metrics
-from dgm.gans import Discriminator, Generator, train_gan
+from dgm.gans import Discriminator, Generator, to_unit, train_gan
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "gans.json"
@@ -101,11 +101,6 @@ DIGITS_SEEDS = [0, 1, 2]
 N_EVAL = 350  # the size of the validation split: every set compared with the test split has this size
 
 
-def to_unit(x: torch.Tensor, shift: bool = False) -> torch.Tensor:
-    """Digits levels -> dequantized values in (-1, 1), the generator's range (optionally shifted by ±1 pixel)."""
-    return data.dequantize(data.shift_digits(x) if shift else x) * 2 - 1
-
-
 def digits_gan_run(args: tuple[str, int, int]) -> dict:
     variant, seed, steps = args
     torch.set_num_threads(1)
@@ -154,9 +149,7 @@ def digits_part(quick: bool, processes: int) -> dict:
     test, train = data.digits("test"), data.digits("train")
     g = torch.Generator().manual_seed(0)
     train_subset = train[torch.randperm(len(train), generator=g)[:N_EVAL]]
-    pixels = train.double()
-    gauss = torch.distributions.MultivariateNormal(pixels.mean(0), torch.cov(pixels.T) + 1e-6 * torch.eye(64))
-    gauss_samples = gauss.sample((N_EVAL,)).round().clamp(0, data.DIGITS_LEVELS - 1).long()
+    gauss_samples = metrics.pixel_gaussian_digits(train, N_EVAL)
     rows = {
         "real digits, validation split (held out: the floor)": metrics.frechet_digits_distance(data.digits("val"), test),
         "real digits, training split": metrics.frechet_digits_distance(train_subset, test),

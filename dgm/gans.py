@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dgm import data
+
 
 def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
     """-V(G, D) on a minibatch, from the discriminator's logits on real and generated samples.
@@ -195,3 +197,11 @@ def train_gan(G: Generator, D: Discriminator, x: torch.Tensor, steps: int, y: to
         history["d_loss"].append(d_loss.item())
         history["g_loss"].append(g_loss.item())
     return history
+
+
+def to_unit(x: torch.Tensor, shift: bool = False) -> torch.Tensor:
+    """Digits levels -> dequantized values in (-1, 1), the range of the generator (optionally shifted by ±1 pixel).
+
+    Defined in book/04_gans.md, section "A GAN on the digits".
+    """
+    return data.dequantize(data.shift_digits(x) if shift else x) * 2 - 1

@@ -20,7 +20,7 @@ from torch import nn
 from . import data
 
 __all__ = ["mode_coverage", "frechet_distance", "DigitsClassifier", "digits_classifier", "digits_features",
-           "frechet_digits_distance"]
+           "frechet_digits_distance", "pixel_gaussian_digits"]
 
 
 def mode_coverage(x: torch.Tensor, toy_name: str, min_share: float = 0.25) -> tuple[int, float]:
@@ -135,3 +135,14 @@ def frechet_digits_distance(x_a: torch.Tensor, x_b: torch.Tensor, seed: int = 0)
     same reference set, and report two real sets of those sizes as the floor.
     """
     return frechet_distance(digits_features(x_a, seed), digits_features(x_b, seed))
+
+
+def pixel_gaussian_digits(x: torch.Tensor, n: int) -> torch.Tensor:
+    """n digits from the Gaussian with the pixel mean and covariance of x, rounded to levels 0..16.
+
+    The baseline that a Fréchet distance in pixel space cannot tell from real digits: it has (up to
+    rounding) their first two moments and draws blobs. Uses torch's global random state.
+    """
+    pixels = data.check_levels(x, dim=64).double()
+    gauss = torch.distributions.MultivariateNormal(pixels.mean(0), torch.cov(pixels.T) + 1e-6 * torch.eye(64))
+    return gauss.sample((n,)).round().clamp(0, data.DIGITS_LEVELS - 1).long()

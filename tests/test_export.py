@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import textwrap
 
 import pytest
@@ -96,3 +97,11 @@ def test_exported_module_matches_its_chapter(source):
     assert path.exists() and path.read_text() == export.render(source, doc), (
         f"{module} is out of date with {source}: run `make notebooks` and commit the result"
     )
+
+
+def test_a_one_line_docstring_with_non_ascii_characters_is_opened_correctly():
+    """ast's column offsets count UTF-8 bytes: a '±' must not shift where the docstring is cut."""
+    code = 'def f(x):\n    """Shift by ±1 pixel."""\n    return x\n'
+    out = export._add_location(code, "Defined in here.")
+    assert '"""Shift by ±1 pixel.\n\n    Defined in here.\n    """' in out
+    ast.parse(out)

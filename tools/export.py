@@ -57,6 +57,7 @@ def _add_location(code: str, where: str) -> str:
         edits.append((doc.end_lineno - 1, doc.end_col_offset, doc.col_offset))
     for line_no, end_col, indent in sorted(edits, reverse=True):
         line = lines[line_no]
+        end_col = len(line.encode("utf-8")[:end_col].decode("utf-8"))  # ast counts UTF-8 bytes, not characters
         quote = line[end_col - 3 : end_col]
         head = line[: end_col - 3]
         if head.strip():  # one-line docstring: break it open

@@ -3,6 +3,7 @@
     python -m dgm.grade exercises/projects/flows                       # grade template.py there
     python -m dgm.grade exercises/projects/flows --submission my.py    # grade your file
     python -m dgm.grade exercises/projects/flows --others 7 9.5        # and the bonus with your other projects
+    python -m dgm.grade --all my_projects/                             # all three projects and the bonus
 
 A project folder holds ``grading_tests.py`` (pytest tests with a ``points(n)`` mark each, 10
 points in all), the reference solution ``reference/solution.py``, and ``template.py``, which is
@@ -21,7 +22,10 @@ from pathlib import Path
 
 from .grading import PROJECT_POINTS, bonus
 
-__all__ = ["TestResult", "grade", "load_submission", "make_template", "main"]
+__all__ = ["TestResult", "grade", "grade_all", "load_submission", "make_template", "main", "PROJECTS_DIR"]
+
+#: Where the project folders live (exercises/projects/<topic>/ in the repository).
+PROJECTS_DIR = Path(__file__).resolve().parents[1] / "exercises" / "projects"
 
 _TODO = re.compile(r"^(?P<indent>[ \t]*)# TODO \((?P<points>[\d.]+) points?\): (?P<text>.*)$")
 _END = re.compile(r"^[ \t]*# END TODO\s*$")
@@ -118,23 +122,61 @@ def grade(project: str | Path, submission: str | Path | None = None) -> list[Tes
     return collector.results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Grade a project task locally.")
-    parser.add_argument("project", help="the project folder, e.g. exercises/projects/flows")
-    parser.add_argument("--submission", help="your solution file (default: the project's template.py)")
-    parser.add_argument("--others", nargs="*", type=float, default=[],
-                        help="your points in the other project tasks, to compute the bonus")
-    args = parser.parse_args(argv)
-    results = grade(args.project, args.submission)
+def grade_all(folder: str | Path | None = None, projects_dir: str | Path | None = None) -> dict[str, list[TestResult]]:
+    """Grade every project: the submission of project <topic> is <folder>/<topic>.py, or its template
+    where that file is missing (or folder is None). Returns the results per topic, in name order."""
+    projects_dir = Path(PROJECTS_DIR if projects_dir is None else projects_dir)
+    projects = sorted(p for p in projects_dir.iterdir() if (p / "grading_tests.py").exists())
+    if not projects:
+        raise FileNotFoundError(f"no project folders with grading_tests.py in {projects_dir}")
+    out = {}
+    for project in projects:
+        mine = Path(folder) / f"{project.name}.py" if folder is not None else None
+        out[project.name] = grade(project, mine if mine is not None and mine.exists() else None)
+    return out
+
+
+def _table(results: list[TestResult]) -> float:
     total = sum(r.points for r in results if r.passed)
-    available = sum(r.points for r in results)
     print(f"\n{'test':<50} {'points':>8}")
     for r in results:
         print(f"{r.name:<50} {r.points if r.passed else 0:>4g} / {r.points:<3g}" + ("" if r.passed else f"  {r.message}"))
-    print(f"{'total':<50} {total:>4g} / {available:g}")
-    all_points = total + sum(args.others)
-    print(f"all projects: {all_points:g} / {PROJECT_POINTS:g} points -> bonus {bonus(min(all_points, PROJECT_POINTS)):.1f} "
-          "(applied to a passed exam)")
+    print(f"{'total':<50} {total:>4g} / {sum(r.points for r in results):g}")
+    return total
+
+
+def _bonus_line(all_points: float) -> str:
+    return (f"all projects: {all_points:g} / {PROJECT_POINTS:g} points -> bonus {bonus(min(all_points, PROJECT_POINTS)):.1f} "
+            "(applied to a passed exam)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Grade project tasks locally.")
+    parser.add_argument("project", nargs="?", help="the project folder, e.g. exercises/projects/flows")
+    parser.add_argument("--submission", help="your solution file (default: the project's template.py)")
+    parser.add_argument("--others", nargs="*", type=float, default=[],
+                        help="your points in the other project tasks, to compute the bonus")
+    parser.add_argument("--all", metavar="FOLDER", nargs="?", const="", default=None,
+                        help="grade all projects: FOLDER/<topic>.py for each topic (flows.py, vae.py, diffusion.py), "
+                             "the template where a file is missing")
+    args = parser.parse_args(argv)
+    if args.all is not None:
+        if args.project or args.submission or args.others:
+            parser.error("--all grades every project: give no project, --submission or --others with it")
+        folder = Path(args.all) if args.all else None
+        if folder is not None and not folder.is_dir():
+            parser.error(f"{folder} is not a folder (it should hold flows.py, vae.py, diffusion.py)")
+        totals = {}
+        for topic, results in grade_all(folder).items():
+            print(f"\n== project {topic}" + ("" if folder and (folder / f"{topic}.py").exists() else " (template: no submission)"))
+            totals[topic] = _table(results)
+        print("\n" + ", ".join(f"{topic} {points:g}" for topic, points in totals.items()))
+        print(_bonus_line(sum(totals.values())))
+        return 0
+    if args.project is None:
+        parser.error("name a project folder, or use --all")
+    total = _table(grade(args.project, args.submission))
+    print(_bonus_line(total + sum(args.others)))
     return 0
 
 

@@ -44,3 +44,37 @@ def test_make_template_replaces_todo_blocks():
         make_template("    # TODO (1 point): x\n    pass\n")
     with pytest.raises(ValueError):
         make_template("    # END TODO\n")
+
+
+def _toy_project(root: Path, name: str, points: tuple[int, int]) -> None:
+    (root / name).mkdir(parents=True)
+    (root / name / "template.py").write_text("def f():\n    raise NotImplementedError\n\ndef g():\n    raise NotImplementedError\n")
+    (root / name / "grading_tests.py").write_text(
+        "import pytest\nfrom pathlib import Path\nfrom dgm.grade import load_submission\n"
+        "sub = load_submission(Path(__file__).resolve().parent)\n"
+        f"@pytest.mark.points({points[0]})\ndef test_f():\n    assert sub.f() == 1\n"
+        f"@pytest.mark.points({points[1]})\ndef test_g():\n    assert sub.g() == 2\n")
+
+
+def test_grade_all_reports_every_project_and_the_bonus(tmp_path, monkeypatch, capsys):
+    import dgm.grade as grade_module
+
+    projects = tmp_path / "projects"
+    _toy_project(projects, "alpha", (4, 6))
+    _toy_project(projects, "beta", (3, 7))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "alpha.py").write_text("def f():\n    return 1\n\ndef g():\n    return 2\n")  # full marks
+    (mine / "beta.py").write_text("def f():\n    return 1\n\ndef g():\n    return 0\n")   # 3 of 10
+    results = grade_module.grade_all(mine, projects_dir=projects)
+    assert {k: sum(r.points for r in v if r.passed) for k, v in results.items()} == {"alpha": 10, "beta": 3}
+    assert sum(r.points for r in grade_module.grade_all(None, projects_dir=projects)["alpha"] if r.passed) == 0
+    monkeypatch.setattr(grade_module, "PROJECTS_DIR", projects)
+    assert grade_module.main(["--all", str(mine)]) == 0
+    out = capsys.readouterr().out
+    assert "== project alpha" in out and "== project beta" in out
+    assert "all projects: 13 / 30 points -> bonus 0.1" in out  # 13 of 30 is at least 25 %
+    with pytest.raises(SystemExit):
+        grade_module.main(["--all", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit):
+        grade_module.main([])

@@ -184,7 +184,7 @@ SLIDER_PAGES = [p for p in NOTEBOOK_PAGES if "slider(" in next(ROOT.glob(p + ".*
 
 
 def test_chapters_with_sliders_are_found():
-    assert {"book/00_intro", "book/01_flows", "book/02_vi", "book/04_gans"} <= set(SLIDER_PAGES)
+    assert {"book/00_intro", "book/01_flows", "book/02_vi", "book/04_gans", "book/05_diffusion"} <= set(SLIDER_PAGES)
 
 
 @pytest.mark.parametrize("page", SLIDER_PAGES)

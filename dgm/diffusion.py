@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgm import data
+from dgm.vae import mlp_with_dropout
 
 
 def linear_alpha_bar(T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> torch.Tensor:
@@ -108,18 +109,6 @@ def time_embedding(logsnr: torch.Tensor, dim: int = 64) -> torch.Tensor:
     return torch.cat([torch.sin(arg), torch.cos(arg)], 1)
 
 
-def mlp(d_in: int, d_out: int, hidden: int, depth: int, dropout: float = 0.0) -> nn.Sequential:
-    """An MLP with `depth` hidden SiLU layers of width `hidden`, each followed by dropout.
-
-    Defined in book/05_diffusion.md, section "Training on 2D data".
-    """
-    layers, d = [], d_in
-    for _ in range(depth):
-        layers += [nn.Linear(d, hidden), nn.SiLU(), nn.Dropout(dropout)]
-        d = hidden
-    return nn.Sequential(*layers, nn.Linear(d, d_out))
-
-
 class Diffusion(nn.Module):
     """What the diffusion models share: a schedule, optional labels with a null label, the sampler.
 
@@ -196,7 +185,7 @@ class GaussianDiffusion(Diffusion):
                  num_classes: int = 0, p_uncond: float = 0.1):
         super().__init__(schedule or Schedule.cosine(1000, var_T=0.9999), num_classes, p_uncond, emb=32)
         self.dim = dim
-        self.net = mlp(dim + self.emb * (2 if num_classes else 1), dim, hidden, depth)
+        self.net = mlp_with_dropout(dim + self.emb * (2 if num_classes else 1), hidden, dim, depth, activation=nn.SiLU)
 
     def eps_hat(self, xt, t, y=None):
         return self.net(torch.cat([xt, self.condition(t, y)], 1))
@@ -318,7 +307,7 @@ class DigitsDenoiser(nn.Module):
             self.conv_drop = nn.Dropout(conv_dropout)
             self.conv_out = nn.Conv2d(channels, d_out // dim, 1)
         self.channels = channels
-        self.mlp = mlp(dim + d_cond, d_out, hidden, depth, dropout) if hidden > 0 else None
+        self.mlp = mlp_with_dropout(dim + d_cond, hidden, d_out, depth, dropout, nn.SiLU) if hidden > 0 else None
 
     def forward(self, xt: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         out = 0

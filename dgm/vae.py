@@ -30,14 +30,15 @@ def discretized_logistic_log_prob(k, mean, log_scale, levels: int = LEVELS):
     return F.logsigmoid(b) + F.logsigmoid(-a) + torch.log(-torch.expm1(a - b))  # eq. (disc-logistic-log)
 
 
-def mlp_with_dropout(n_in: int, hidden: int, n_out: int, depth: int = 2, dropout: float = 0.0) -> nn.Sequential:
-    """n_in -> hidden (GELU, dropout) x depth -> n_out.
+def mlp_with_dropout(n_in: int, hidden: int, n_out: int, depth: int = 2, dropout: float = 0.0,
+                     activation: type[nn.Module] = nn.GELU) -> nn.Sequential:
+    """n_in -> hidden (activation, dropout) x depth -> n_out.
 
     Defined in book/03_vae.md, section "A likelihood for discrete pixels".
     """
     layers, width = [], n_in
     for _ in range(depth):
-        layers += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout)]
+        layers += [nn.Linear(width, hidden), activation(), nn.Dropout(dropout)]
         width = hidden
     return nn.Sequential(*layers, nn.Linear(width, n_out))
 

@@ -327,8 +327,8 @@ class DDPM(Diffusion):
     denoiser="categorical": p(x_0 = c_k | x_t) per pixel from network logits plus the exact Gaussian
     log-likelihood of x_t, and x0_hat its mean. denoiser="eps": an epsilon-predicting network and a
     discretized Gaussian decoder. Either way the reverse step is N(mu_tilde(x_t, x0_hat), beta_tilde),
-    every term of the bound is a closed-form KL, and t = 1 is a discrete decoder, so nll_bound is a
-    valid upper bound on -log P(x) in nats. Network options are those of DigitsDenoiser.
+    every term of the bound is a closed-form KL, and t = 1 is a discrete decoder, so nll_bound
+    estimates a valid upper bound on -log P(x) in nats without bias. Network options are those of DigitsDenoiser.
     Defined in book/05_diffusion.md, section "The smallest noise level decides the likelihood".
     """
 
@@ -341,7 +341,7 @@ class DDPM(Diffusion):
         self.register_buffer("levels", torch.linspace(-1, 1, LEVELS))
         d_cond = self.emb * (2 if num_classes else 1)
         self.net = DigitsDenoiser(d_cond, self.dim * LEVELS if denoiser == "categorical" else self.dim, **network)
-        # importance sampling of t in training: running E[L_t^2] on 30 log-spaced bins of 1..T
+        # importance sampling of t in training: running E[L_t^2] on about 30 log-spaced bins of 1..T
         edges = torch.logspace(0, math.log10(self.schedule.T + 1), 31).round().long().unique()
         self.register_buffer("bin_edges", edges)
         self.register_buffer("bin_sq", torch.ones(len(edges) - 1))
@@ -375,7 +375,7 @@ class DDPM(Diffusion):
         return 0.5 * (ab * x0**2 + (1 - ab) - 1 - torch.log(1 - ab)).sum(1)
 
     def draw_t(self, n: int):
-        """t ~ p(t), uniform within log-spaced bins, p(bin) proportional to sqrt(E L_t^2); returns t, 1 / p(t), bin."""
+        """t ~ p(t): a bin with probability proportional to its sqrt(E L_t^2), t uniform in it; returns t, 1 / p(t), bin."""
         sizes = (self.bin_edges[1:] - self.bin_edges[:-1]).float()
         p_bin = self.bin_sq.sqrt() / self.bin_sq.sqrt().sum()
         b = torch.multinomial(p_bin, n, replacement=True)
@@ -393,10 +393,11 @@ class DDPM(Diffusion):
 
     @torch.no_grad()
     def nll_bound(self, x: torch.Tensor, y=None, t_samples: int | None = None) -> torch.Tensor:
-        """An upper bound on -log P(x) in nats per example: L_T plus the sum of all T terms, one x_t each.
+        """The upper bound on -log P(x) in nats per example, L_T plus the sum of all T terms, estimated without bias.
 
-        With t_samples = K the sum over t is estimated without bias from K steps per example, one
-        uniform draw from each of K equal strata of 1..T (cheaper, noisier; still unbiased).
+        Each term is evaluated at one draw of x_t (so a single value is an unbiased estimate of the
+        bound, not itself guaranteed above -log P(x)). With t_samples = K the sum over t is also
+        estimated, from one uniform draw in each of K equal strata of 1..T (cheaper, noisier).
         """
         was_training, T = self.training, self.schedule.T
         self.eval()

@@ -62,10 +62,10 @@ class StaticSlider:
 
     def _repr_html_(self) -> str:
         n, start = len(self.frames), self.start
-        hidden = ' style="display:none"'
+        fit = "max-width:100%;height:auto"  # a frame wider than the text column shrinks to fit it
         imgs = "".join(
             f'<img class="dgm-slider-frame" data-label="{html.escape(lab)}" alt="{html.escape(self.label)} = '
-            f'{html.escape(lab)}" src="data:image/png;base64,{png}"{"" if k == start else hidden}>'
+            f'{html.escape(lab)}" src="data:image/png;base64,{png}" style="{fit}{"" if k == start else ";display:none"}">'
             for k, (png, lab) in enumerate(zip(self.frames, self.labels))
         )
         return (

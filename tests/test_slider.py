@@ -192,3 +192,19 @@ def test_start_must_index_values(start):
 def test_values_may_be_any_iterable():
     s = slider(_Recorder(), (v for v in VALUES), static=True)
     assert len(_tags(s._repr_html_(), "img")) == len(VALUES)
+
+
+def test_static_frames_shrink_to_the_text_column():
+    class Imgs(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.styles = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.styles.append(dict(attrs).get("style", ""))
+
+    parser = Imgs()
+    parser.feed(StaticSlider(["AAAA", "BBBB"], ["1", "2"], "x")._repr_html_())
+    assert len(parser.styles) == 2 and all("max-width:100%" in s for s in parser.styles)
+    assert "display:none" not in parser.styles[0] and "display:none" in parser.styles[1]

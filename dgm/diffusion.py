@@ -246,7 +246,8 @@ def train_diffusion(model: Diffusion, x: torch.Tensor, y: torch.Tensor | None = 
                     b_avg.copy_(b)
         history["loss"].append(total / len(x))
         if val is not None and (epoch % eval_every == 0 or epoch == epochs):
-            v = float(val(average))
+            with torch.no_grad():
+                v = float(val(average))
             history["val_epoch"].append(epoch)
             history["val"].append(v)
             if log is not None:

@@ -40,20 +40,21 @@ def test_posterior_is_gaussian_conditioning(name):
     mean, var = s.posterior(x0, xt, t)
     ab, prev, a = (v[t - 1].double() for v in (s.alpha_bar, s.alpha_bar_prev, s.alpha))
     v11, v12, v22 = 1 - prev, a.sqrt() * (1 - prev), 1 - ab
+    # the schedule is stored in float32: compare at that precision
     torch.testing.assert_close(mean[:, 0].double(), prev.sqrt() * 0.7 + v12 / v22 * (-0.3 - ab.sqrt() * 0.7),
-                               atol=1e-5, rtol=1e-4)
+                               atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(var[:, 0].double(), v11 - v12**2 / v22, atol=1e-7, rtol=1e-3)
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
 def test_kl_weight_forms_agree(name):
-    """(SNR(t-1) - SNR(t)) / 2 = coef_x0^2 / (2 beta_tilde) = lambda_t sigma_t^2 / alpha_bar_t, and the KL is kl_diag_gaussians."""
+    """(SNR(t-1) - SNR(t)) / 2 = coef_x0^2 / (2 beta_tilde) = lambda_t alpha_bar_t / sigma_t^2, and the KL is kl_diag_gaussians."""
     s = SCHEDULES[name]()
     i = torch.arange(1, s.T)  # steps t = 2..T
     w = s.kl_weight[i]
     torch.testing.assert_close(w, s.coef_x0[i] ** 2 / (2 * s.beta_tilde[i]), rtol=1e-3, atol=1e-6)
     lam = s.beta[i] ** 2 / (2 * s.beta_tilde[i] * s.alpha[i] * s.sigma[i] ** 2)
-    torch.testing.assert_close(w, lam * s.sigma[i] ** 2 / s.alpha_bar[i], rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(w, lam * s.alpha_bar[i] / s.sigma[i] ** 2, rtol=1e-3, atol=1e-6)
     assert s.kl_weight[0] == 0
     x0, x0_hat, xt = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)
     t = torch.tensor([2, 50, 150])
@@ -85,7 +86,7 @@ class _ExactGaussian(Diffusion):
         return self.m + ab.sqrt() * self.s**2 / v * (xt - ab.sqrt() * self.m)
 
 
-@pytest.mark.parametrize("steps, eta", [(1000, 1.0), (100, 1.0), (50, 0.0), (10, 0.0)])
+@pytest.mark.parametrize("steps, eta", [(1000, 1.0), (100, 1.0), (100, 0.0), (50, 0.0)])
 def test_samplers_recover_gaussian_data_with_the_exact_denoiser(steps, eta):
     model = _ExactGaussian(Schedule.cosine(1000))
     torch.manual_seed(0)
@@ -94,6 +95,14 @@ def test_samplers_recover_gaussian_data_with_the_exact_denoiser(steps, eta):
     assert abs(x.std() - 0.3) / 0.3 < 0.06
     with pytest.raises(ValueError, match="steps"):
         model.sample_from(torch.randn(3, 1), steps=1)
+
+
+def test_few_ddim_steps_shrink_samples_towards_the_mean():
+    """Euler steps on the probability-flow ODE lose variance: the fewer, the more (the chapter's exercise)."""
+    model = _ExactGaussian(Schedule.cosine(1000))
+    xT = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(0))
+    stds = [model.sample_from(xT, steps=k, eta=0.0).std().item() for k in (10, 50, 1000)]
+    assert stds[0] < stds[1] < stds[2] and abs(stds[2] - 0.3) < 0.01
 
 
 def test_ddim_is_deterministic_and_ddpm_is_not():

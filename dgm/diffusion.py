@@ -66,8 +66,8 @@ class Schedule:
         self.beta_tilde = ((1 - prev) / (1 - ab) * beta).float()           # 0 at t = 1
         self.coef_x0 = (prev.sqrt() * beta / (1 - ab)).float()
         self.coef_xt = ((1 - beta).sqrt() * (1 - prev) / (1 - ab)).float()
-        self.logsnr = (ab / (1 - ab)).log().float()
         snr = ab / (1 - ab)
+        self.logsnr = snr.log().float()
         self.kl_weight = torch.cat([torch.zeros(1, dtype=torch.float64), (snr[:-1] - snr[1:]) / 2]).float()  # eq-diff-snr
 
     @classmethod
@@ -112,7 +112,8 @@ def time_embedding(logsnr: torch.Tensor, dim: int = 64) -> torch.Tensor:
 class Diffusion(nn.Module):
     """What the diffusion models share: a schedule, optional labels with a null label, the sampler.
 
-    Subclasses define x0_hat(x_t, t, y), the prediction of x_0 from x_t (y = None: no label).
+    Subclasses set dim, the data's dimension, and define x0_hat(x_t, t, y), the prediction of x_0
+    from x_t (y = None: no label).
     Defined in book/05_diffusion.md, section "Training on 2D data".
     """
 
@@ -174,6 +175,10 @@ class Diffusion(nn.Module):
         self.train(was_training)
         return x0
 
+    def sample(self, n: int, steps: int | None = None, eta: float = 1.0, y=None, w: float = 0.0) -> torch.Tensor:
+        """n samples of shape (n, dim) from x_T ~ N(0, I) (see sample_from); the digits DDPM returns levels."""
+        return self.sample_from(torch.randn(n, self.dim), steps, eta, y, w)
+
 
 class GaussianDiffusion(Diffusion):
     """An epsilon-predicting DDPM for data in R^dim (the 2D toys), trained with the simple loss.
@@ -204,10 +209,6 @@ class GaussianDiffusion(Diffusion):
         t = torch.randint(1, self.schedule.T + 1, (len(x0),))
         eps = torch.randn_like(x0)
         return ((eps - self.eps_hat(self.schedule.q_sample(x0, t, eps), t, y)) ** 2).sum(1)
-
-    def sample(self, n: int, steps: int | None = None, eta: float = 1.0, y=None, w: float = 0.0) -> torch.Tensor:
-        """n samples (n, dim) by the reverse process (see Diffusion.sample_from)."""
-        return self.sample_from(torch.randn(n, self.dim), steps, eta, y, w)
 
 
 def train_diffusion(model: Diffusion, x: torch.Tensor, y: torch.Tensor | None = None, *, epochs: int = 100,
@@ -393,6 +394,15 @@ class DDPM(Diffusion):
         return inv_p * terms
 
     @torch.no_grad()
+    def all_terms(self, x: torch.Tensor, y=None) -> torch.Tensor:
+        """Every term of the bound, L_0 .. L_{T-1}, per example: shape (T, n), one draw of x_t each, in eval mode."""
+        was_training = self.training
+        self.eval()
+        terms = torch.stack([self.terms(x, torch.full((len(x),), t), y) for t in range(1, self.schedule.T + 1)])
+        self.train(was_training)
+        return terms
+
+    @torch.no_grad()
     def nll_bound(self, x: torch.Tensor, y=None, t_samples: int | None = None) -> torch.Tensor:
         """The upper bound on -log P(x) in nats per example, L_T plus the sum of all T terms, estimated without bias.
 
@@ -400,17 +410,15 @@ class DDPM(Diffusion):
         bound, not itself guaranteed above -log P(x)). With t_samples = K the sum over t is also
         estimated, from one uniform draw in each of K equal strata of 1..T (cheaper, noisier).
         """
+        if t_samples is None:
+            return self.prior_kl(x) + self.all_terms(x, y).sum(0)
         was_training, T = self.training, self.schedule.T
         self.eval()
         total = self.prior_kl(x)
-        if t_samples is None:
-            for t in range(1, T + 1):
-                total += self.terms(x, torch.full((len(x),), t), y)
-        else:
-            edges = torch.linspace(1, T + 1, t_samples + 1).long().tolist()
-            for lo, hi in zip(edges[:-1], edges[1:]):
-                if hi > lo:
-                    total += (hi - lo) * self.terms(x, torch.randint(lo, hi, (len(x),)), y)
+        edges = torch.linspace(1, T + 1, t_samples + 1).long().tolist()
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            if hi > lo:
+                total += (hi - lo) * self.terms(x, torch.randint(lo, hi, (len(x),)), y)
         self.train(was_training)
         return total
 
@@ -419,7 +427,3 @@ class DDPM(Diffusion):
         if y is not None and w != 0:
             logp = F.log_softmax(logp + w * (logp - self.denoise(x1, t1, None)[1]), -1)
         return torch.distributions.Categorical(logits=logp).sample()
-
-    def sample(self, n: int, steps: int | None = None, eta: float = 1.0, y=None, w: float = 0.0) -> torch.Tensor:
-        """n digits, shape (n, 64), torch.long levels 0..16 (see Diffusion.sample_from)."""
-        return self.sample_from(torch.randn(n, self.dim), steps, eta, y, w)

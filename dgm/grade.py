@@ -219,9 +219,12 @@ _MODULES: dict[str, object] = {}
 
 
 def _grading_module(path: str):
-    if path not in _MODULES:
-        _MODULES[path] = _load_module(Path(path), f"grading_tests_{_digest(path)[:12]}")
-    return _MODULES[path]
+    """The grading module at ``path``, loaded once per process and content (an edited file is
+    loaded again)."""
+    key = _digest(path, Path(path).read_bytes())
+    if key not in _MODULES:
+        _MODULES[key] = _load_module(Path(path), f"grading_tests_{key[:12]}")
+    return _MODULES[key]
 
 
 def _tests_in(path: Path, hidden: bool, reference: Path) -> list[_Test]:

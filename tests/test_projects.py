@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dgm.grade import grade, make_template
+from dgm.grade import make_template, parts_of, plan
 from tools import export
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,13 +27,15 @@ def test_template_is_generated_from_the_solution(project):
 
 
 @pytest.mark.parametrize("project", PROJECTS, ids=lambda p: p.name)
-def test_template_scores_zero_and_solution_ten(project):
-    template = grade(project)
-    solution = grade(project, project / "reference" / "solution.py")
-    assert sum(r.points for r in template) == 10 == sum(r.points for r in solution)
-    assert [r.name for r in template] == [r.name for r in solution]
-    assert not any(r.passed for r in template), [r.name for r in template if r.passed]
-    assert all(r.passed for r in solution), [(r.name, r.message) for r in solution if not r.passed]
+def test_parts_add_up_to_ten_points_and_every_part_is_tested(project):
+    """The TODO blocks are worth 10 points; plan() checks that the tests of each part add up to
+    its block's points. (tests/test_grading_mutants.py grades the template, 0 points, the
+    reference, 10, and the one-bug submissions.)"""
+    parts = parts_of((project / "reference" / "solution.py").read_text())
+    assert sum(parts.values()) == 10, parts
+    tests = plan(project)
+    assert {t.part for t in tests} == set(parts)
+    assert all(t.name.startswith("test_") and not t.hidden for t in tests)
 
 
 def test_make_template_replaces_todo_blocks():
@@ -46,14 +48,29 @@ def test_make_template_replaces_todo_blocks():
         make_template("    # END TODO\n")
 
 
+def test_make_template_can_replace_one_block():
+    solution = ("def f():\n    # TODO (1 point): a\n    return 1\n    # END TODO\n"
+                "def g():\n    # TODO (2 points): b\n    return 2\n    # END TODO\n")
+    only_g = make_template(solution, only=1)
+    assert "return 1" in only_g and "return 2" not in only_g and 'raise NotImplementedError("b")' in only_g
+    assert parts_of(solution) == {"f": 1.0, "g": 2.0}
+    with pytest.raises(ValueError):
+        make_template(solution, only=2)
+
+
 def _toy_project(root: Path, name: str, points: tuple[int, int]) -> None:
-    (root / name).mkdir(parents=True)
-    (root / name / "template.py").write_text("def f():\n    raise NotImplementedError\n\ndef g():\n    raise NotImplementedError\n")
-    (root / name / "grading_tests.py").write_text(
-        "import pytest\nfrom pathlib import Path\nfrom dgm.grade import load_submission\n"
-        "sub = load_submission(Path(__file__).resolve().parent)\n"
-        f"@pytest.mark.points({points[0]})\ndef test_f():\n    assert sub.f() == 1\n"
-        f"@pytest.mark.points({points[1]})\ndef test_g():\n    assert sub.g() == 2\n")
+    """A project with two parts, f and g, in the grader's format."""
+    folder = root / name
+    (folder / "reference").mkdir(parents=True)
+    solution = ("def f():\n    # TODO ({0} points): one\n    return 1\n    # END TODO\n\n"
+                "def g():\n    # TODO ({1} points): two\n    return 2\n    # END TODO\n").format(*points)
+    (folder / "reference" / "solution.py").write_text(solution)
+    (folder / "template.py").write_text(make_template(solution))
+    (folder / "grading_tests.py").write_text(
+        "from dgm.grade import grades\n\n"
+        "def call(sub, name):\n    return getattr(sub, name)()\n\n"
+        f"@grades('f', points={points[0]})\ndef test_f(run):\n    assert run(call, name='f') == 1, 'f() must be 1'\n\n"
+        f"@grades('g', points={points[1]})\ndef test_g(run):\n    assert run(call, name='g') == 2, 'g() must be 2'\n")
 
 
 def test_grade_all_reports_every_project_and_the_bonus(tmp_path, monkeypatch, capsys):
@@ -66,15 +83,29 @@ def test_grade_all_reports_every_project_and_the_bonus(tmp_path, monkeypatch, ca
     mine.mkdir()
     (mine / "alpha.py").write_text("def f():\n    return 1\n\ndef g():\n    return 2\n")  # full marks
     (mine / "beta.py").write_text("def f():\n    return 1\n\ndef g():\n    return 0\n")   # 3 of 10
-    results = grade_module.grade_all(mine, projects_dir=projects)
+    results = grade_module.grade_all(mine, projects_dir=projects, jobs=1)
     assert {k: sum(r.points for r in v if r.passed) for k, v in results.items()} == {"alpha": 10, "beta": 3}
-    assert sum(r.points for r in grade_module.grade_all(None, projects_dir=projects)["alpha"] if r.passed) == 0
+    assert results["beta"][1].message == "g() must be 2"
+    assert sum(r.points for r in grade_module.grade_all(None, projects_dir=projects, jobs=1)["alpha"] if r.passed) == 0
     monkeypatch.setattr(grade_module, "PROJECTS_DIR", projects)
-    assert grade_module.main(["--all", str(mine)]) == 0
+    assert grade_module.main(["--all", str(mine), "--jobs", "1"]) == 0
     out = capsys.readouterr().out
     assert "== project alpha" in out and "== project beta" in out
     assert "all projects: 13 / 30 points -> bonus 0.1" in out  # 13 of 30 is at least 25 %
     with pytest.raises(SystemExit):
-        grade_module.main(["--all", str(tmp_path / "missing")])
+        grade_module.main(["--all", str(mine / "missing")])
     with pytest.raises(SystemExit):
         grade_module.main([])
+    with pytest.raises(SystemExit):  # a roster needs --out
+        grade_module.main(["--roster", str(mine)])
+
+
+def test_tests_must_add_up_to_the_parts_points(tmp_path):
+    _toy_project(tmp_path, "gamma", (4, 6))
+    tests = tmp_path / "gamma" / "grading_tests.py"
+    tests.write_text(tests.read_text().replace("points=6", "points=5"))
+    with pytest.raises(ValueError, match="g: tests 5, TODO 6"):
+        plan(tmp_path / "gamma")
+    tests.write_text(tests.read_text().replace("@grades('g'", "@grades('h'"))
+    with pytest.raises(ValueError, match="no part of the reference"):
+        plan(tmp_path / "gamma")

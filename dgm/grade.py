@@ -380,7 +380,11 @@ class _Runner:
         import torch
 
         limit = min(self.options.timeout, limit)
+        # -I leaves out the user's site-packages: give back the installed packages' folders
+        # (a user-site torch), never the working or the submission's folder.
+        packages = [p for p in sys.path if p and Path(p).name in ("site-packages", "dist-packages")]
         boot = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
+                f"sys.path += [p for p in {packages!r} if p not in sys.path]; "
                 "from dgm.grade_worker import main; main()")
         env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR", "SYSTEMROOT") if k in os.environ}
         env |= {v: str(self.options.threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
@@ -425,7 +429,9 @@ class _Runner:
                 raise SubmissionFailed("the submission's process ended (exit code 0) before it returned a result "
                                        "(does it call os._exit or sys.exit?)")
             cause = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
-            raise SubmissionFailed(f"the submission's process died ({cause}) before it returned a result")
+            last = (job / "output.txt").read_text(errors="replace").strip().splitlines()[-1:]
+            raise SubmissionFailed(f"the submission's process died ({cause}) before it returned a result"
+                                   + (f"; its last output: {last[0][:200]}" if last else ""))
         try:
             out = torch.load(result, weights_only=True)
         except Exception as exc:  # noqa: BLE001 - whatever the file holds, it is no result
@@ -554,28 +560,36 @@ def grade(project: str | Path, submission: str | Path | None = None, *, hidden: 
     return _execute(tasks, options, _jobs(jobs), project_timeout)
 
 
-def grade_all(folder: str | Path | None = None, projects_dir: str | Path | None = None,
-              **options) -> dict[str, list[TestResult]]:
-    """Grade every project: the submission of project <topic> is <folder>/<topic>.py, or its template
-    where that file is missing (or folder is None). Returns the results per topic, in name order."""
-    projects_dir = Path(PROJECTS_DIR if projects_dir is None else projects_dir)
-    projects = sorted(p for p in projects_dir.iterdir() if (p / "grading_tests.py").exists())
-    if not projects:
+def _projects(projects_dir: Path) -> list[Path]:
+    """The project folders (those with grading_tests.py) in course order, then by name."""
+    found = {p.name: p for p in projects_dir.iterdir() if (p / "grading_tests.py").exists()}
+    if not found:
         raise FileNotFoundError(f"no project folders with grading_tests.py in {projects_dir}")
-    out = {}
+    return [found[t] for t in TOPICS if t in found] + [found[t] for t in sorted(found) if t not in TOPICS]
+
+
+def grade_all(folder: str | Path | None = None, projects_dir: str | Path | None = None, *,
+              hidden: str | Path | None = None, jobs: int | None = None, timeout: float = TEST_TIMEOUT,
+              project_timeout: float = PROJECT_TIMEOUT, threads: int = 1,
+              cache: str | Path | None = None) -> dict[str, list[TestResult]]:
+    """Grade every project: the submission of project <topic> is <folder>/<topic>.py, or its template
+    where that file is missing (or folder is None). Returns the results per topic, in course order;
+    the tests of all projects share one pool of ``jobs`` processes (options as for :func:`grade`)."""
+    projects = _projects(Path(PROJECTS_DIR if projects_dir is None else projects_dir))
+    tasks = []
     for project in projects:
         mine = Path(folder) / f"{project.name}.py" if folder is not None else None
-        out[project.name] = grade(project, mine if mine is not None and mine.exists() else None, **options)
+        submission = mine.resolve() if mine is not None and mine.is_file() else project / "template.py"
+        tasks += [_Task(("", project.name), t, str(submission)) for t in plan(project, hidden)]
+    results = _execute(tasks, _Options(timeout, threads, str(cache) if cache else None), _jobs(jobs), project_timeout)
+    out = {p.name: [] for p in projects}
+    for task, result in zip(tasks, results):
+        out[task.key[1]].append(result)
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 # A class: a roster folder into a gradebook
-
-
-def _projects(projects_dir: Path) -> list[Path]:
-    found = {p.name: p for p in projects_dir.iterdir() if (p / "grading_tests.py").exists()}
-    return [found[t] for t in TOPICS if t in found] + [found[t] for t in sorted(found) if t not in TOPICS]
 
 
 def _score(results: list[TestResult], hidden: bool = False) -> float:

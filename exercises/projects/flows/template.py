@@ -1,8 +1,8 @@
 """Project 1: a normalizing flow of your own. Fill in every TODO; do not rename anything.
 
-Run the grader from the repository root to see your points:
+Copy this file, fill it in, and run the grader on your copy from the repository root:
 
-    .venv/bin/python -m dgm.grade exercises/projects/flows
+    .venv/bin/python -m dgm.grade exercises/projects/flows --submission my_flows.py
 
 The conventions are those of the flows chapter: a layer's forward(x) returns (z, log|det dz/dx|)
 per example, inverse(z) returns (x, log|det dx/dz|), and a flow has log_prob(x) and sample(n).

@@ -1,8 +1,8 @@
 """Project 3: a denoising diffusion model of your own. Fill in every TODO; do not rename anything.
 
-Run the grader from the repository root to see your points:
+Copy this file, fill it in, and run the grader on your copy from the repository root:
 
-    .venv/bin/python -m dgm.grade exercises/projects/diffusion
+    .venv/bin/python -m dgm.grade exercises/projects/diffusion --submission my_diffusion.py
 
 The conventions are those of the diffusion chapter: steps t = 1..T, tensors indexed t - 1 for
 step t, q(x_t | x_{t-1}) = N(sqrt(alpha_t) x_{t-1}, beta_t I), alpha_bar_t = prod_{s <= t} alpha_s,
@@ -87,7 +87,7 @@ def train(x, schedule, steps=3000, batch_size=256, lr=2e-3, seed=0):
     """Train an EpsNet on the points x (n, 2) with eps_loss; return the trained model and the list of losses.
 
     The grader trains on 8gaussians and expects samples that cover all 8 components with at least
-    80 % of them within three standard deviations of a centre, in under two minutes on 2 CPU cores.
+    80 % of them within three standard deviations of a centre (the budget is yours, in steps).
     """
     # TODO (3 points): minibatch Adam on eps_loss (an average of the weights, or a decaying learning rate, helps).
     torch.manual_seed(seed)

@@ -46,6 +46,14 @@ def z_ignoring_vae(decoder_bias, mu=0.0, var=1.0, z_dim=3, hidden=16, dtype=torc
     return model
 
 
+def relative_weight_variance(mu, var, z_dim=3):
+    """Var(w) / E[w]^2 of the weights w = p(z) / q(z), z ~ q = N(mu, var I), p = N(0, I): the sampling
+    standard deviation of an estimate with k samples of a decoder that ignores z is about sqrt(this / k)."""
+    a, b, c = 1 - 1 / (2 * var), mu / var, mu**2 / (2 * var)
+    per_dim = math.sqrt(var / (2 * math.pi)) * math.sqrt(math.pi / a) * math.exp(b**2 / (4 * a) + c)  # E_q[(p/q)^2]
+    return per_dim**z_dim - 1
+
+
 def exact_log_lik(decoder_bias, x):
     """log p(x) of a decoder that ignores z, from its logits: a sum over the pixels."""
     return torch.log_softmax(decoder_bias.double(), -1).gather(1, x.T).sum(0)
@@ -133,10 +141,12 @@ def test_reparameterize(run):
     mean_se, var_se = (s2 / n).sqrt(), s2 * math.sqrt(2 / n)
     mean, var = z.mean(0), z.var(0)
     assert ((mean - m).abs() <= SE * mean_se).all(), \
-        f"the samples' mean must be mu = {m.tolist()}, got {[round(v, 4) for v in mean.tolist()]}"
+        (f"the samples' mean must be mu = {m.tolist()}, got {[round(v, 4) for v in mean.tolist()]} "
+         "(is eps ~ N(0, I) drawn afresh for every entry?)")
     assert ((var - s2).abs() <= SE * var_se).all(), \
         (f"the samples' variance must be exp(logvar) = {[round(v, 4) for v in s2.tolist()]}, got "
-         f"{[round(v, 4) for v in var.tolist()]} (sigma = exp(logvar / 2), and eps ~ N(0, I) drawn afresh for every entry)")
+         f"{[round(v, 4) for v in var.tolist()]} (sigma = exp(logvar / 2), and eps ~ N(0, I) drawn afresh for "
+         "every entry)")
     corr = torch.corrcoef(z.T)[torch.triu_indices(3, 3, 1).unbind()].abs().max().item()
     assert corr < SE / math.sqrt(n), f"the coordinates of z must be independent; they have correlation {corr:.3f}"
     d_mu, d_logvar = grads_or_fail(grads, "z")
@@ -155,14 +165,15 @@ def test_kl_to_standard_normal(run):
     torch.manual_seed(1)
     mu, logvar = 2 * torch.randn(7, 5, dtype=torch.float64), 2 * torch.randn(7, 5, dtype=torch.float64)
     extreme_mu = torch.tensor([[0.0, 30.0, -200.0, 1e-3, 5.0], [-1e3, 0.0, 0.0, 1.0, 0.0]], dtype=torch.float64)
-    extreme_logvar = torch.tensor([[-40.0, 40.0, -15.0, 1e-6, 25.0], [0.0, -30.0, 30.0, 0.0, -1e-3]], dtype=torch.float64)
+    extreme_logvar = torch.tensor([[-40.0, 40.0, -15.0, 1e-6, 25.0], [0.0, -30.0, 30.0, 0.0, -1e-3]],
+                                  dtype=torch.float64)
     cases = [(torch.cat([mu, extreme_mu]), torch.cat([logvar, extreme_logvar])),  # (9, 5), float64
              (torch.randn(3, 1, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64)),  # one latent dimension
              (3 * torch.randn(6, 4), torch.cat([4 * torch.randn(5, 4), torch.tensor([[-20.0, 20.0, -8.0, 8.0]])]))]
     out = run(kl_calls, cases=cases)
     for (m, lv), (got, grads) in zip(cases, out):
         n, d = m.shape
-        what = f"kl_to_standard_normal of {n} rows of {d} latent dimensions ({str(m.dtype).replace('torch.', '')})"
+        what = f"kl_to_standard_normal of {n} rows of {d} latent dimensions ({str(m.dtype).removeprefix('torch.')})"
         got = expect_tensor(got, (n,), what)
         m64, lv64 = m.double(), lv.double()
         want = kl_divergence(Normal(m64, (0.5 * lv64).exp()), Normal(0.0, 1.0)).sum(-1)
@@ -191,8 +202,8 @@ def exact_elbo(model, x, mu, logvar, samples, chunk=2000):
     torch.manual_seed(11)
     values, g_mu, g_logvar = [], [], []
     for _ in range(samples // chunk):
-        m = mu.repeat(chunk, 1).requires_grad_(True)
-        lv = logvar.repeat(chunk, 1).requires_grad_(True)
+        m = mu.detach().repeat(chunk, 1).requires_grad_(True)
+        lv = logvar.detach().repeat(chunk, 1).requires_grad_(True)
         q = Normal(m, (0.5 * lv).exp())
         v = model.log_lik(x.repeat(chunk, 1), q.rsample()) - kl_divergence(q, Normal(0.0, 1.0)).sum(-1)
         dm, dlv = torch.autograd.grad(v.sum(), (m, lv))
@@ -213,13 +224,13 @@ def check_mean(got, want, samples, what, hint=""):
         idx = list(divmod(i, mean.shape[1])) if mean.ndim == 2 else [i]
         where = f"image {idx[0]}" + (f", latent coordinate {idx[1]}" if len(idx) == 2 else "")
         raise AssertionError(
-            f"{what} ({where}): the average of {len(got)} one-sample estimates is {mean.reshape(-1)[i].item():.4f}, "
-            f"the exact value is {want[0].reshape(-1)[i].item():.4f}, {z.reshape(-1)[i].item():.1f} standard errors "
-            f"away (allowed {SE:g}){hint}")
+            f"{what}, {where}: the average of {len(got)} estimates is {mean.reshape(-1)[i].item():.4f}, the exact "
+            f"value is {want[0].reshape(-1)[i].item():.4f}, {z.reshape(-1)[i].item():.1f} standard errors away "
+            f"(allowed {SE:g}){hint}")
 
 
 @grades("VAE.elbo", points=2)
-def test_elbo_is_unbiased_with_unbiased_gradients(run):
+def test_elbo_and_its_gradients_are_unbiased(run):
     """The one-sample ELBO and its gradient in the encoder's outputs must be unbiased for the exact
     ELBO E_q[log p(x | z)] - KL and its gradient. (mu, logvar) are fixed, with posterior standard
     deviations from 0.5 to 2, so that an ELBO at z = mu, a z without a gradient, a missing or
@@ -234,8 +245,8 @@ def test_elbo_is_unbiased_with_unbiased_gradients(run):
     elbo = expect_tensor(elbo, (draws * len(x),), f"elbo(x) of {draws * len(x)} images").double().view(draws, len(x))
     d_mu, d_logvar = (g.double().view(draws, *mu.shape) for g in grads_or_fail(grads, "the ELBO"))
     value, grad_mu, grad_logvar = exact_elbo(model.double(), x, mu.double(), logvar.double(), samples)
-    check_mean(elbo, value, samples, "the ELBO", "; the reconstruction term is E_q[log p(x | z)] with "
-               "z ~ N(mu, exp(logvar)), and the KL to N(0, I) is subtracted")
+    check_mean(elbo, value, samples, "the one-sample ELBO", "; the reconstruction term is E_q[log p(x | z)] "
+               "with z ~ N(mu, exp(logvar)), and the KL to N(0, I) is subtracted")
     check_mean(d_mu, grad_mu, samples, "the gradient of the ELBO in mu",
                "; does the gradient flow through z = mu + sigma * eps?")
     check_mean(d_logvar, grad_logvar, samples, "the gradient of the ELBO in logvar",
@@ -263,7 +274,8 @@ def test_training_reaches_the_target_on_digits(run):
         elbo = torch.stack([model.log_lik(x, q.sample()) - kl for _ in range(10)]).mean(0)
     assert torch.isfinite(elbo).all(), "the trained VAE gives inf or nan ELBOs on the test digits"
     neg_elbo, se = -elbo.mean().item(), elbo.std().item() / math.sqrt(len(elbo))
-    assert neg_elbo < 115, f"the test -ELBO is {neg_elbo:.1f} ± {se:.1f} nats per image (target: < 115)"
+    assert neg_elbo < 103, (f"the test -ELBO is {neg_elbo:.4g} ± {se:.2g} nats per image (target: < 103; a decoder "
+                            "that ignores z and predicts each pixel's frequencies reaches about 106)")
 
 
 def _describe(value):
@@ -272,14 +284,22 @@ def _describe(value):
     return f"a {type(value).__name__}"
 
 
-def grader_iwae(model, x, k, repeats):
-    """The grader's own importance-weighted bound: `repeats` estimates with k samples each."""
+def _dtype(model):
+    return str(model.encoder[0].weight.dtype).removeprefix("torch.")
+
+
+def grader_iwae(model, x, k, repeats, chunk=20):
+    """The grader's own importance-weighted bound: `repeats` estimates with k samples each, (repeats, n)."""
+    torch.manual_seed(12)
+    out = []
     with torch.no_grad():
         mu, logvar = model.encode(x)
         q, p = Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)
-        z = q.sample((repeats, k))
-        log_w = model.log_lik(x, z) + (p.log_prob(z) - q.log_prob(z)).sum(-1)
-        return torch.logsumexp(log_w, 1) - math.log(k)  # (repeats, n)
+        for _ in range(repeats // chunk):
+            z = q.sample((chunk, k))
+            log_w = model.log_lik(x, z) + (p.log_prob(z) - q.log_prob(z)).sum(-1)
+            out.append(torch.logsumexp(log_w, 1) - math.log(k))
+    return torch.cat(out)
 
 
 @grades("iwae_log_prob", points=2)
@@ -290,7 +310,7 @@ def test_iwae_log_prob(run):
     exact = exact_log_lik(logits, x)
     same = z_ignoring_vae(logits)                 # q = p(z), decoder ignoring z: every weight is p(x)
     wide = z_ignoring_vae(logits, mu=0.5, var=0.8)  # q != p(z): E[L_1] = log p(x) - KL(q || p)
-    kl = kl_divergence(Normal(torch.full((3,), 0.5, dtype=torch.float64), math.sqrt(0.8)), Normal(0.0, 1.0)).sum().item()
+    kl = kl_divergence(Normal(torch.full((3,), 0.5), math.sqrt(0.8)), Normal(0.0, 1.0)).sum().item()
     # float32 with realistic log-weights: an overconfident decoder, log p(x) from -107 to -212 nats,
     # where exp(log w) underflows to 0 (float32 ends at about exp(-103))
     train = data.digits("train")
@@ -308,35 +328,39 @@ def test_iwae_log_prob(run):
              "wide k=2000": (wide, x, 2000, 1), "same32 k=1": (same32, x, 1, 1), "same32 k=50": (same32, x, 50, 1),
              "wide32 k=1000": (wide32, x, 1000, 1), "general k=1": (general, xg, 1, 1000),
              "general k=100": (general, xg, 100, 40)}
-    out = run(iwae_calls, cases=[(m.z_dim, m.encoder[0].out_features, str(m.encoder[0].weight.dtype).replace("torch.", ""),
-                                  m.state_dict(), xs, k, r) for m, xs, k, r in cases.values()])
+    out = run(iwae_calls, cases=[(m.z_dim, m.encoder[0].out_features, _dtype(m), m.state_dict(), xs, k, r)
+                                 for m, xs, k, r in cases.values()])
     got = {}
     for (name, (m, xs, k, r)), estimates in zip(cases.items(), out):
-        what = f"iwae_log_prob(model, x, k={k}) of {len(xs)} images ({str(m.encoder[0].weight.dtype).replace('torch.', '')})"
+        what = f"iwae_log_prob(model, x, k={k}) of {len(xs)} images ({_dtype(m)})"
         got[name] = torch.stack([expect_tensor(e, (len(xs),), what).double() for e in estimates])
     for name in ("same k=1", "same k=7"):
-        expect_close(got[name][0], exact, "with q = p(z) and a decoder that ignores z every weight p(x, z) / q(z | x) is "
-                     f"p(x), so the estimate must be log p(x) for any k; with k = {name[-1]} the estimate", atol=1e-6)
+        expect_close(got[name][0], exact, "with q = p(z) and a decoder that ignores z every weight "
+                     "p(x, z) / q(z | x) is p(x), so the estimate must be log p(x) for any k; with "
+                     f"k = {name.split('=')[1]} the estimate", atol=1e-6)
     l1 = got["wide k=1"] - exact
     se = l1.mean(1).std().item() / math.sqrt(len(l1))
     assert abs(l1.mean().item() + kl) < SE * se + 1e-6, \
         (f"with k = 1 the estimate is the one-sample ELBO: for a decoder that ignores z its mean should be "
          f"log p(x) - KL(q || p) = log p(x) - {kl:.4f}, got log p(x) - {-l1.mean().item():.4f} (± {se:.4f})")
+    tol = SE * math.sqrt(relative_weight_variance(0.5, 0.8) / 2000)  # 5 standard deviations of L_2000
     gap = (got["wide k=2000"][0] - exact).abs().max().item()
-    assert gap < 0.05, f"with k = 2000 the estimate should be within 0.05 nats of log p(x), got {gap:.3f} away"
+    assert gap < tol, (f"with k = 2000 the estimate should be within {tol:.2f} nats of log p(x) "
+                       f"(KL(q || p) = {kl:.2f}), got {gap:.3f} away")
     for name in ("same32 k=1", "same32 k=50"):
         expect_close(got[name][0], exact32, "in float32, with log-weights of -107 to -212 nats (q = p(z), a decoder "
                      f"that ignores z), the estimate with k = {name.split('=')[1]} must be log p(x): compute "
                      "log mean exp(log w) stably with torch.logsumexp;", atol=1e-3, rtol=1e-5)
+    tol = SE * math.sqrt(relative_weight_variance(0.5, 0.8) / 1000)
     gap = (got["wide32 k=1000"][0] - exact32).abs().max().item()
-    assert gap < 0.05, (f"in float32, with log-weights around -150 nats and k = 1000, the estimate should be within "
-                        f"0.05 nats of log p(x), got {gap:.3f} away")
+    assert gap < tol, (f"in float32, with log-weights of about -107 to -212 nats and k = 1000, the estimate "
+                       f"should be within {tol:.2f} nats of log p(x), got {gap:.3f} away")
     # a decoder that depends on z: E[L_1] is the ELBO, E[L_100] the grader's own 100-sample bound
     value = exact_elbo(general, xg, *general.encode(xg), samples=8000)[0]
-    check_mean(got["general k=1"], value, 8000, "with k = 1 (a decoder that depends on z), the estimate is the "
-               "one-sample ELBO log p(x | z) + log p(z) - log q(z | x), z ~ q(z | x);")
-    bound = grader_iwae(general, xg, 100, 400)
-    check_mean(got["general k=100"], (bound.mean(0), bound.var(0)), 400,
-               "with k = 100 (a decoder that depends on z), the importance-weighted bound L_100")
+    check_mean(got["general k=1"], value, 8000, "with k = 1 (a decoder that depends on z) the estimate is the "
+               "one-sample ELBO log p(x | z) + log p(z) - log q(z | x), z ~ q(z | x), whose mean is the ELBO")
+    bound = grader_iwae(general, xg, 100, 200)
+    check_mean(got["general k=100"], (bound.mean(0), bound.var(0)), len(bound),
+               "with k = 100 (a decoder that depends on z) the estimate of the bound L_100")
     tighter = got["general k=100"].mean().item() - got["general k=1"].mean().item()
     assert tighter > 0, f"the bound must tighten with k: L_100 - L_1 = {tighter:.3f} nats on average"

@@ -17,7 +17,8 @@ the grader's process and never sees the submission; it calls ``run(fn, **inputs)
 module-level function ``fn(sub, **inputs)`` of the same file executed in a fresh process of the
 submission's own (:mod:`dgm.grade_worker`), where ``sub`` is the student's file with every
 definition except ``part`` taken from the reference. ``run`` returns what ``fn`` returned
-(tensors, numbers, state dicts), and the body decides with ``assert``s whose messages say what
+(tensors, numbers, strings, lists, tuples and dicts with string keys, e.g. state dicts), and
+the body decides with ``assert``s whose messages say what
 was expected and what came out. So one bug costs exactly the points of its part, and nothing a
 submission does (exit, hang, print, patch torch or pytest) decides its score.
 """
@@ -276,28 +277,6 @@ class _Options:
     cache: str | None = None
 
 
-def _hash_inputs(h, value) -> None:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        t = value.detach().cpu().contiguous()
-        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    elif isinstance(value, dict):
-        h.update(b"{")
-        for k, v in value.items():
-            h.update(repr(k).encode())
-            _hash_inputs(h, v)
-        h.update(b"}")
-    elif isinstance(value, (list, tuple)):
-        h.update(b"[")
-        for v in value:
-            _hash_inputs(h, v)
-        h.update(b"]")
-    else:
-        h.update(repr(value).encode())
-
-
 @functools.lru_cache(maxsize=None)
 def _environment_digest() -> str:
     import torch
@@ -313,6 +292,7 @@ class _Runner:
     def __init__(self, test: _Test, submission: Path, reference: Path, options: _Options, deadline: float):
         self.test, self.submission, self.reference = test, submission, reference
         self.options, self.deadline, self.calls = options, deadline, 0
+        self.transient = False  # a time limit or a kill decided the outcome: not to be cached
 
     def __call__(self, fn, **inputs):
         import torch
@@ -322,11 +302,9 @@ class _Runner:
             raise TypeError(f"run() takes a module-level function of {self.test.tests}, got {fn!r}")
         self.calls += 1
         seed = zlib.crc32(f"{self.test.name}#{self.calls}".encode())
-        key = self._key(fn.__name__, inputs, seed)
-        if key and (cached := self._cached(key)) is not None:
-            return cached
         limit = self.deadline - time.monotonic()
         if limit <= 0:
+            self.transient = True
             raise SubmissionFailed("not run: the project's tests used up its time limit")
         job = Path(tempfile.mkdtemp(prefix="dgm-grade-"))
         try:
@@ -335,48 +313,11 @@ class _Runner:
                 "tests": self.test.tests, "fn": fn.__name__, "part": self.test.part, "seed": seed,
                 "submission": str(self.submission), "reference": str(self.reference),
                 "threads": self.options.threads}))
-            return self._execute(job, limit, key)
+            return self._execute(job, limit)
         finally:
             shutil.rmtree(job, ignore_errors=True)
 
-    def _key(self, fn_name: str, inputs: dict, seed: int) -> str | None:
-        if not self.options.cache:
-            return None
-        try:
-            view = compose(self.reference.read_text(), self.submission.read_text(), self.test.part)
-        except (SyntaxError, ValueError, UnicodeDecodeError):
-            return None
-        h = hashlib.sha256()
-        _hash_inputs(h, inputs)
-        dump = ast.dump(ast.Module(body=[n for n, _ in view], type_ignores=[]))
-        where = "".join(w for _, w in view)
-        return _digest(dump, where, Path(self.test.tests).read_bytes(), fn_name, self.test.part, seed,
-                       self.options.threads, h.hexdigest(), _environment_digest())
-
-    def _cached(self, key: str):
-        import torch
-
-        folder = Path(self.options.cache)
-        if (folder / f"{key}.pt").exists():
-            return torch.load(folder / f"{key}.pt", weights_only=True)
-        if (folder / f"{key}.json").exists():
-            raise SubmissionFailed((folder / f"{key}.json").read_text())
-        return None
-
-    def _store(self, key: str | None, src: Path | None = None, error: str | None = None) -> None:
-        if not key:
-            return
-        folder = Path(self.options.cache)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{key}.{os.getpid()}.tmp"
-        if src is not None:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, folder / f"{key}.pt")
-        else:
-            tmp.write_text(error)
-            os.replace(tmp, folder / f"{key}.json")
-
-    def _execute(self, job: Path, limit: float, key: str | None):
+    def _execute(self, job: Path, limit: float):
         import torch
 
         limit = min(self.options.timeout, limit)
@@ -406,6 +347,7 @@ class _Runner:
                     pass
                 proc.wait()
         if rc is None:
+            self.transient = True
             raise SubmissionFailed(f"stopped after {limit:.0f} s, the time limit of "
                                    + ("a test" if limit >= self.options.timeout else "the project's remaining tests")
                                    + " (does it hang?)")
@@ -420,14 +362,13 @@ class _Runner:
                 message = f"{text}{where}{stage}"
             except (ValueError, KeyError, TypeError):
                 message = "the submission's process failed and left an unreadable error report"
-            if rc != 0:
-                self._store(key, error=message)
             raise SubmissionFailed(message)
         result = job / "result.pt"
         if rc != 0 or not result.exists():
             if rc == 0:
                 raise SubmissionFailed("the submission's process ended (exit code 0) before it returned a result "
                                        "(does it call os._exit or sys.exit?)")
+            self.transient = rc < 0  # killed from outside (e.g. out of memory): may not recur
             cause = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
             last = (job / "output.txt").read_text(errors="replace").strip().splitlines()[-1:]
             raise SubmissionFailed(f"the submission's process died ({cause}) before it returned a result"
@@ -436,7 +377,6 @@ class _Runner:
             out = torch.load(result, weights_only=True)
         except Exception as exc:  # noqa: BLE001 - whatever the file holds, it is no result
             raise SubmissionFailed(f"the submission's result could not be read ({type(exc).__name__})") from None
-        self._store(key, src=result)
         return out
 
 
@@ -454,6 +394,9 @@ def _run_test(test: _Test, submission: str, options: _Options, budget: float) ->
     import torch
 
     start = time.monotonic()
+    key = _cache_key(test, Path(submission), options)
+    if key and (Path(options.cache) / f"{key}.json").exists():
+        return TestResult(**json.loads((Path(options.cache) / f"{key}.json").read_text()))
     runner = _Runner(test, Path(submission), Path(test.reference), options, start + budget)
     fn = getattr(_grading_module(test.tests), test.name)
     _seed_everything(zlib.crc32(test.name.encode()))
@@ -469,7 +412,32 @@ def _run_test(test: _Test, submission: str, options: _Options, budget: float) ->
         except Exception as exc:  # noqa: BLE001 - the result had the wrong form for the checks
             message = f"the submission's result could not be checked ({type(exc).__name__}: {exc})"
     message = " ".join(message.split())
-    return TestResult(test.name, test.points, passed, message, test.part, test.hidden, time.monotonic() - start)
+    result = TestResult(test.name, test.points, passed, message, test.part, test.hidden, time.monotonic() - start)
+    if key and not runner.transient:
+        folder = Path(options.cache)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{key}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(asdict(result) | {"seconds": 0.0}))
+        os.replace(tmp, folder / f"{key}.json")
+    return result
+
+
+def _cache_key(test: _Test, submission: Path, options: _Options) -> str | None:
+    """What a test's outcome depends on, for the result cache: the submission's view of the part
+    under test (the code that runs, see :func:`dgm.grade_worker.compose`), the grading test and
+    the reference solution, the package and library versions, and the thread count. The test's
+    inputs and seeds are fixed by its code, so two submissions with the same view get the same
+    outcome, and a one-bug submission's other parts are read back from the reference's grading.
+    None without a cache, or when the submission does not parse (it is then run, and fails)."""
+    if not options.cache:
+        return None
+    try:
+        view = compose(Path(test.reference).read_text(), submission.read_text(), test.part)
+    except (SyntaxError, ValueError, UnicodeDecodeError):
+        return None
+    dump = ast.dump(ast.Module(body=[n for n, _ in view], type_ignores=[]))
+    return _digest(dump, "".join(w for _, w in view), Path(test.tests).read_bytes(), test.name, test.part,
+                   Path(test.reference).read_bytes(), options.threads, _environment_digest())
 
 
 def _init_pool(threads: int) -> None:
@@ -547,8 +515,8 @@ def grade(project: str | Path, submission: str | Path | None = None, *, hidden: 
 
     Tests run ``jobs`` at a time (default: one per core), each submission process with
     ``threads`` threads and at most ``timeout`` seconds; no test starts once the project's tests
-    have used ``project_timeout`` seconds. With ``cache`` (a folder), a computation whose code,
-    inputs and seed were run before is read back instead of run again (see :class:`_Runner`).
+    have used ``project_timeout`` seconds. With ``cache`` (a folder), a test whose outcome was
+    computed before for the same code is read back instead of run again (see :func:`_cache_key`).
     """
     project = Path(project).resolve()
     tests = plan(project, hidden)
@@ -622,7 +590,8 @@ def grade_roster(roster: str | Path, out: str | Path, *, hidden: str | Path | No
     projects = _projects(Path(PROJECTS_DIR if projects_dir is None else projects_dir))
     records = out.parent / f"{out.stem}_feedback"
     records.mkdir(parents=True, exist_ok=True)
-    students = sorted(p.name for p in roster.iterdir() if p.is_dir() and not p.name.startswith("."))
+    students = sorted(p.name for p in roster.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and p.resolve() != records.resolve())
     todo = [s for s in students if force or not (records / f"{s}.json").exists()]
     plans = {p.name: plan(p, hidden) for p in projects}
     tasks: list[_Task] = []
@@ -687,7 +656,7 @@ def grade_roster(roster: str | Path, out: str | Path, *, hidden: str | Path | No
 
 
 def _table_lines(results: list[TestResult]) -> list[str]:
-    lines = []
+    lines, width = [], max([44] + [len(r.name) + 2 for r in results])
     for hidden in (False, True):
         shown = [r for r in results if r.hidden == hidden]
         if not shown:
@@ -695,12 +664,12 @@ def _table_lines(results: list[TestResult]) -> list[str]:
         if hidden:
             lines.append("instructor's tests (reported apart, not in the total above):")
         else:
-            lines.append(f"{'test':<44} {'points':>8}")
+            lines.append(f"{'test':<{width}} {'points':>8}")
         for r in shown:
-            lines.append(f"{r.name:<44} {r.points if r.passed else 0:>4g} / {r.points:<3g}"
+            lines.append(f"{r.name:<{width}} {r.points if r.passed else 0:>4g} / {r.points:<3g}"
                          + ("" if r.passed else f"  {r.message}"))
         total = sum(r.points for r in shown if r.passed)
-        lines.append(f"{'total' if not hidden else 'instructor total':<44} {total:>4g} / {sum(r.points for r in shown):g}")
+        lines.append(f"{'total' if not hidden else 'instructor total':<{width}} {total:>4g} / {sum(r.points for r in shown):g}")
     return lines
 
 
@@ -734,8 +703,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project-timeout", type=float, default=PROJECT_TIMEOUT,
                         help=f"seconds all tests of one project may use (default {PROJECT_TIMEOUT:g})")
     parser.add_argument("--threads", type=int, default=1, help="threads of each submission process (default 1)")
-    parser.add_argument("--cache", metavar="DIR", help="reuse the results of computations already run (same code, "
-                                                        "same inputs)")
+    parser.add_argument("--cache", metavar="DIR", help="reuse the outcome of a test already graded for the same code "
+                                                        "(the part's view, the tests, the reference)")
     args = parser.parse_args(argv)
     options = dict(hidden=args.hidden, jobs=args.jobs, timeout=args.timeout, project_timeout=args.project_timeout,
                    threads=args.threads, cache=args.cache)

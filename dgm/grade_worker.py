@@ -163,7 +163,7 @@ def _load_module(path: Path, name: str) -> types.ModuleType:
 def sanitize(value, depth: int = 0):
     """What a compute function returned, reduced to what ``torch.load(weights_only=True)`` reads:
     tensors (detached, on the CPU), numbers, strings, None and lists, tuples and dicts of them
-    (keys other than strings and numbers become strings).
+    (their keys become strings).
     Anything else becomes a string that names its type, for the grader's message."""
     import numbers
 
@@ -183,8 +183,7 @@ def sanitize(value, depth: int = 0):
     if isinstance(value, numbers.Real):
         return float(value)
     if isinstance(value, dict):
-        return {(k if isinstance(k, (str, int, float, bool)) else str(k)): sanitize(v, depth + 1)
-                for k, v in value.items()}
+        return {str(k): sanitize(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         items = [sanitize(v, depth + 1) for v in value]
         return tuple(items) if isinstance(value, tuple) else items

@@ -2,12 +2,14 @@
 own, hostile submissions decide nothing, and a roster becomes the expected gradebook.
 
 All gradings go through `dgm.grade.grade_roster` (two jobs, one process per test) with a shared
-result cache. The cache is sound by construction: a test's computation runs the submission's
-*view* for its part (the student's file with every other part from the reference), and a
-computation is reused only when that view, the test's inputs and its seed are identical. A
-one-bug mutant's view for the parts it leaves alone is the reference's own
-(`test_views_of_untouched_parts_are_the_references`), so those tests are read back; the parts
-it changes are run. The first roster, of the reference solutions, runs everything.
+result cache. The cache is sound by construction: a test runs the submission's *view* for its
+part (the student's file with every other part from the reference), its inputs and seeds are
+fixed by its own code, and an outcome is reused only when that view, the test and the
+reference are identical. A one-bug mutant's view for the parts it leaves alone is the
+reference's own (`test_views_of_untouched_parts_are_the_references`), so those tests are read
+back from the reference's grading; the tests of the part it changes are run. The first
+roster, of the reference solutions, runs everything, and the templates and the hostile
+submissions are run in full, as their module-level code differs.
 """
 
 from __future__ import annotations
@@ -69,21 +71,23 @@ def cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def references(tmp_path_factory, cache):
     """The reference solutions graded first, with nothing cached: every computation runs."""
-    roster = tmp_path_factory.mktemp("references")
-    (roster / "reference").mkdir()
+    folder = tmp_path_factory.mktemp("references")
+    roster = folder / "roster"
+    (roster / "reference").mkdir(parents=True)
     for topic in TOPICS:
         (roster / "reference" / f"{topic}.py").write_text(solution(topic))
-    rows = grade_roster(roster, roster / "book.csv", jobs=2, cache=cache, progress=False)
+    rows = grade_roster(roster, folder / "book.csv", jobs=2, cache=cache, progress=False)
     return rows[0], roster
 
 
 @pytest.fixture(scope="session")
 def graded(tmp_path_factory, cache, references) -> dict[str, dict]:
-    roster = tmp_path_factory.mktemp("mutants")
+    folder = tmp_path_factory.mktemp("mutants")
+    roster = folder / "roster"
     for student, (topic, source, _) in CASES.items():
-        (roster / student).mkdir()
+        (roster / student).mkdir(parents=True)
         (roster / student / f"{topic}.py").write_text(source)
-    rows = grade_roster(roster, roster / "gradebook.csv", jobs=2, cache=cache, progress=False)
+    rows = grade_roster(roster, roster / "gradebook.csv", jobs=2, cache=cache, progress=False)  # feedback inside
     feedback = roster / "gradebook_feedback"
     return {row["student"]: row | {"feedback": (feedback / f"{row['student']}.txt").read_text()} for row in rows}
 

@@ -176,10 +176,17 @@ def _hostile(tmp_path, name, source, **options):
 
 
 def test_exit_at_import_scores_zero_and_says_why(tmp_path, capsys):
-    results = _hostile(tmp_path, "exit0", "import sys\nprint('total 10 / 10')\nsys.exit(0)\n" + solution("flows"))
-    assert not any(r.passed for r in results.values())
-    assert all("sys.exit(0)" in r.message and "importing" in r.message for r in results.values()), results
-    assert "total 10 / 10" not in capsys.readouterr().out  # what the submission prints is not shown
+    from dgm.grade import main
+
+    fake = "test_coupling_forward  2 / 2\ntotal  10 / 10"
+    path = tmp_path / "exit0.py"
+    path.write_text(f"import sys\nprint({fake!r})\nsys.exit(0)\n" + solution("flows"))
+    assert main([str(FLOWS), "--submission", str(path), "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "total 10 / 10" not in " ".join(out.split()) and "total 0 / 10" in " ".join(out.split()), out
+    lines = [line for line in out.splitlines() if line.startswith("test_")]
+    assert len(lines) == 5 and all("the submission called sys.exit(0)" in line and "importing" in line
+                                   for line in lines), out
 
 
 def test_os_exit_in_one_part_costs_only_that_part(tmp_path):

@@ -44,7 +44,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .grade_worker import END_TODO, TODO, compose, parts_of
+from .grade_worker import END_TODO, TODO, _load_module, compose, parts_of
 from .grading import PROJECT_POINTS, bonus
 
 __all__ = ["TestResult", "SubmissionFailed", "grades", "expect_tensor", "expect_close", "reference", "plan", "grade", "grade_all", "grade_roster",
@@ -136,16 +136,6 @@ def reference(where: str | Path):
     if not path.exists():
         raise FileNotFoundError(f"no reference solution at {path}")
     return _load_reference(path.resolve())
-
-
-def _load_module(path: Path, name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _digest(*parts) -> str:

@@ -151,6 +151,7 @@ def load_view(reference: Path, submission: Path, part: str) -> types.ModuleType:
 
 
 def _load_module(path: Path, name: str) -> types.ModuleType:
+    """The Python file at ``path`` imported as the module ``name`` (and kept in sys.modules)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(name, path)

@@ -1,0 +1,178 @@
+"""Every check of every exercise sheet rejects plausible wrong answers, not only the stub.
+
+The sheets' own test (tests/test_exercises.py) runs each sheet with its solutions (every check
+passes) and its stubs (no check passes); a check that accepts the identity map or ignores an
+input would pass both. Here each coding exercise gets wrong implementations, each a mistake a
+student could make, and its check must report FAILED for every one of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jupytext
+import pytest
+import torch
+
+from dgm.exercises import FAILED, report
+from tools import twins
+
+
+def _checks(sheet: str) -> dict:
+    """The sheet's namespace without its stubs, solutions and report calls: imports and checks."""
+    nb = jupytext.read(twins.ROOT / "exercises" / sheet)
+    ns: dict = {}
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type != "code" or "stub" in tags or "solution" in tags:
+            continue
+        source = "\n".join(line for line in cell.source.splitlines() if not line.startswith("report("))
+        exec(compile(source, f"{sheet}:cell", "exec"), ns)
+    return ns
+
+
+def _log_p_x_no_jacobian(x, a, c):
+    inside = x > c
+    z = torch.log(torch.where(inside, x - c, torch.ones_like(x)) / a)
+    out = -0.5 * math.log(2 * math.pi) - 0.5 * z**2
+    return torch.where(inside, out, torch.full_like(x, -math.inf))
+
+
+def _log_p_x_no_support(x, a, c):
+    d = (x - c).abs()
+    return -0.5 * math.log(2 * math.pi) - 0.5 * torch.log(d / a) ** 2 - torch.log(d)
+
+
+def _radial_wrong_h(z, z0, alpha, beta):
+    """h = 1 / (alpha + r^2) with the log-det of that (wrong) map, self-consistent."""
+    v = z - z0
+    r = v.norm(dim=1, keepdim=True)
+    h = 1 / (alpha + r**2)
+    x = z + beta * h * v
+    log_det = torch.stack([torch.linalg.slogdet(torch.autograd.functional.jacobian(
+        lambda u: u + beta / (alpha + (u - z0).norm() ** 2) * (u - z0), zi))[1] for zi in z])
+    return x, log_det
+
+
+def _radial_missing_radial_term(z, z0, alpha, beta):
+    v = z - z0
+    r = v.norm(dim=1, keepdim=True)
+    h = 1 / (alpha + r)
+    return z + beta * h * v, (z.shape[1] * torch.log1p(beta * h))[:, 0]
+
+
+def _kl_swapped(mu0, S0, mu1, S1):
+    return torch.distributions.kl_divergence(torch.distributions.MultivariateNormal(mu1, S1),
+                                             torch.distributions.MultivariateNormal(mu0, S0))
+
+
+def _kl_no_half(mu0, S0, mu1, S1):
+    return 2 * torch.distributions.kl_divergence(torch.distributions.MultivariateNormal(mu0, S0),
+                                                 torch.distributions.MultivariateNormal(mu1, S1))
+
+
+def _cavi_jacobi(m, Lam, mean0, sweeps):
+    """Both coordinates updated from the old means at once: not coordinate ascent."""
+    mean, history = mean0.clone(), []
+    for _ in range(sweeps):
+        new = mean.clone()
+        new[0] = m[0] - Lam[0, 1] / Lam[0, 0] * (mean[1] - m[1])
+        new[1] = m[1] - Lam[1, 0] / Lam[1, 1] * (mean[0] - m[0])
+        mean = new
+        history.append(mean.clone())
+    return torch.stack(history), 1 / torch.diagonal(Lam)
+
+
+def _cavi_marginal_variances(m, Lam, mean0, sweeps):
+    means = torch.stack([m.clone() for _ in range(sweeps)])
+    return means, torch.diagonal(torch.linalg.inv(Lam))
+
+
+def _kumaraswamy_ignores_u(a, b, u):
+    return torch.distributions.Kumaraswamy(a, b).rsample(u.shape)
+
+
+def _kumaraswamy_swapped(a, b, u):
+    return (1 - (1 - u) ** (1 / a)) ** (1 / b)
+
+
+def _reparam_score_function(mu, sigma, eps):
+    z = mu + sigma * eps
+    f = torch.sin(z)
+    return (f * eps / sigma).mean().item(), (f * (eps**2 - 1) / sigma).mean().item()
+
+
+def _reparam_no_chain_rule(mu, sigma, eps):
+    z = mu + sigma * eps
+    return torch.cos(z).mean().item(), torch.cos(z).mean().item()
+
+
+def _ns_naive(a):
+    return -torch.log(torch.sigmoid(a)).mean()
+
+
+def _ns_saturating(a):
+    return torch.log1p(-torch.sigmoid(a)).mean()
+
+
+def _frechet_no_sqrt(mu_a, S_a, mu_b, S_b):
+    return (((mu_a - mu_b) ** 2).sum() + torch.trace(S_a + S_b - 2 * S_a @ S_b)).item()
+
+
+def _frechet_means_only(mu_a, S_a, mu_b, S_b):
+    return ((mu_a - mu_b) ** 2).sum().item()
+
+
+def _posterior_beta_variance(betas, t, x0, xt):
+    ab = torch.cumprod(1 - betas, 0)
+    ab_t, ab_prev, beta = ab[t - 1], (ab[t - 2] if t > 1 else torch.ones((), dtype=betas.dtype)), betas[t - 1]
+    mean = ab_prev.sqrt() * beta / (1 - ab_t) * x0 + (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab_t) * xt
+    return mean, beta
+
+
+def _posterior_off_by_one(betas, t, x0, xt):
+    ab = torch.cumprod(1 - betas, 0)
+    ab_t, ab_prev, beta = ab[t - 1], ab[t - 2], betas[t - 1]  # t = 1 reads alpha_bar_T
+    mean = ab_prev.sqrt() * beta / (1 - ab_t) * x0 + (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab_t) * xt
+    return mean, (1 - ab_prev) / (1 - ab_t) * beta
+
+
+def _ddim_ancestral_mean(xt, eps_hat, ab_t, ab_prev):
+    """The DDPM mean for one step of alpha = ab_t / ab_prev: not DDIM's deterministic jump."""
+    alpha = ab_t / ab_prev
+    return (xt - (1 - alpha) / math.sqrt(1 - ab_t) * eps_hat) / math.sqrt(alpha)
+
+
+def _ddim_eps_at_old_level(xt, eps_hat, ab_t, ab_prev):
+    x0_hat = (xt - math.sqrt(1 - ab_t) * eps_hat) / math.sqrt(ab_t)
+    return math.sqrt(ab_prev) * x0_hat + math.sqrt(1 - ab_t) * eps_hat
+
+
+WRONG = {
+    ("sheet01_flows.md", "check_log_p_x"): [_log_p_x_no_jacobian, _log_p_x_no_support],
+    ("sheet01_flows.md", "check_radial"): [
+        lambda z, z0, alpha, beta: (z.clone(), z.new_zeros(len(z))),  # the identity, log-det 0
+        _radial_wrong_h, _radial_missing_radial_term],
+    ("sheet02_vi.md", "check_kl_gaussians"): [_kl_swapped, _kl_no_half],
+    ("sheet02_vi.md", "check_cavi_gaussian"): [_cavi_jacobi, _cavi_marginal_variances],
+    ("sheet02_vi.md", "check_sample_kumaraswamy"): [_kumaraswamy_ignores_u, _kumaraswamy_swapped],
+    ("sheet03_vae_gans.md", "check_reparam_grad"): [_reparam_score_function, _reparam_no_chain_rule],
+    ("sheet03_vae_gans.md", "check_ns_loss"): [_ns_naive, _ns_saturating],
+    ("sheet03_vae_gans.md", "check_frechet_gaussians"): [_frechet_no_sqrt, _frechet_means_only],
+    ("sheet04_diffusion.md", "check_forward_posterior"): [_posterior_beta_variance, _posterior_off_by_one],
+    ("sheet04_diffusion.md", "check_ddim_step"): [_ddim_ancestral_mean, _ddim_eps_at_old_level],
+}
+
+
+def test_every_coding_exercise_has_wrong_answers():
+    checks = {(sheet.name, name) for sheet in twins.sources() if sheet.parts[0] == "exercises"
+              for name in _checks(sheet.name) if name.startswith("check_")}
+    assert checks == set(WRONG), f"coding exercises without wrong answers here: {sorted(checks - set(WRONG))}"
+
+
+@pytest.mark.parametrize("sheet, check", sorted(WRONG), ids=lambda v: str(v))
+def test_check_rejects_wrong_answers(sheet, check, capsys):
+    ns = _checks(sheet)
+    for wrong in WRONG[sheet, check]:
+        assert report(check, ns[check], wrong) == FAILED, f"{check} accepts {wrong.__name__}"
+    capsys.readouterr()

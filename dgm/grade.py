@@ -41,7 +41,7 @@ import tempfile
 import time
 import zlib
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .grade_worker import END_TODO, TODO, _load_module, compose, parts_of
@@ -264,7 +264,10 @@ def plan(project: str | Path, hidden: str | Path | None = None) -> list[_Test]:
 class _Options:
     timeout: float = TEST_TIMEOUT
     threads: int = 1
-    cache: str | None = None
+    cache: str | Path | None = None  # kept as a string (it travels to the pool's processes)
+
+    def __post_init__(self):
+        self.cache = str(self.cache) if self.cache else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -513,7 +516,7 @@ def grade(project: str | Path, submission: str | Path | None = None, *, hidden: 
     submission = Path(submission).resolve() if submission else project / "template.py"
     if not submission.is_file():
         raise FileNotFoundError(f"no submission at {submission}")
-    options = _Options(timeout, threads, str(cache) if cache else None)
+    options = _Options(timeout, threads, cache)
     tasks = [_Task(("", project.name), t, str(submission)) for t in tests]
     return _execute(tasks, options, _jobs(jobs), project_timeout)
 
@@ -539,7 +542,7 @@ def grade_all(folder: str | Path | None = None, projects_dir: str | Path | None 
         mine = Path(folder) / f"{project.name}.py" if folder is not None else None
         submission = mine.resolve() if mine is not None and mine.is_file() else project / "template.py"
         tasks += [_Task(("", project.name), t, str(submission)) for t in plan(project, hidden)]
-    results = _execute(tasks, _Options(timeout, threads, str(cache) if cache else None), _jobs(jobs), project_timeout)
+    results = _execute(tasks, _Options(timeout, threads, cache), _jobs(jobs), project_timeout)
     out = {p.name: [] for p in projects}
     for task, result in zip(tasks, results):
         out[task.key[1]].append(result)
@@ -615,7 +618,7 @@ def grade_roster(roster: str | Path, out: str | Path, *, hidden: str | Path | No
 
         bar = tqdm(total=len(tasks), desc=f"grading {len(todo)} of {len(students)} students", unit="test")
     try:
-        options = _Options(timeout, threads, str(cache) if cache else None)
+        options = _Options(timeout, threads, cache)
         _execute(tasks, options, _jobs(jobs), project_timeout, progress=bar, on_done=on_done)
     finally:
         if bar is not None:

@@ -88,6 +88,50 @@ def _cavi_marginal_variances(m, Lam, mean0, sweeps):
     return means, torch.diagonal(torch.linalg.inv(Lam))
 
 
+def _elbo_gmm(x, phi, m, s2, sigma0):
+    """The closed-form ELBO of sheet 2 exercise 5 (correct), for the wrong CAVI updates below."""
+    e_log_lik = -0.5 * math.log(2 * math.pi) - ((x[:, None] - m) ** 2 + s2) / 2
+    kl_mu = torch.log(sigma0 / s2.sqrt()) + (s2 + m**2) / (2 * sigma0**2) - 0.5
+    return (phi * (e_log_lik - math.log(len(m)))).sum() - torch.xlogy(phi, phi).sum() - kl_mu.sum()
+
+
+def _cavi_gmm(x, m, s2, sigma0, sweeps, variance_term=True, prior_precision=True, elbo=_elbo_gmm):
+    elbos = []
+    for _ in range(sweeps):
+        phi = torch.softmax(x[:, None] * m - (m**2 + (s2 if variance_term else 0)) / 2, dim=1)
+        precision = (1 / sigma0**2 if prior_precision else 0) + phi.sum(0)
+        m, s2 = (phi * x[:, None]).sum(0) / precision, 1 / precision
+        elbos.append(elbo(x, phi, m, s2, sigma0))
+    return phi, m, s2, torch.stack(elbos)
+
+
+def _gmm_phi_without_variance(x, m, s2, sigma0, sweeps):
+    """E[mu_k^2] taken as m_k^2: the -s_k^2 / 2 term of the assignment update is forgotten."""
+    return _cavi_gmm(x, m, s2, sigma0, sweeps, variance_term=False)
+
+
+def _gmm_no_prior_precision(x, m, s2, sigma0, sweeps):
+    """1 / s_k^2 = sum_i phi_ik: the prior's 1 / sigma0^2 is missing from the precision."""
+    return _cavi_gmm(x, m, s2, sigma0, sweeps, prior_precision=False)
+
+
+def _elbo_gmm_no_variance(x, phi, m, s2, sigma0):
+    """E_q (x - mu_k)^2 taken as (x - m_k)^2: the s_k^2 / 2 of the expected log-likelihood is lost."""
+    return _elbo_gmm(x, phi, m, s2, sigma0) + (phi * s2).sum() / 2
+
+
+def _elbo_gmm_no_entropy(x, phi, m, s2, sigma0):
+    """The entropy of q(z) is left out."""
+    return _elbo_gmm(x, phi, m, s2, sigma0) + torch.xlogy(phi, phi).sum()
+
+
+def _gmm(elbo):
+    """The correct CAVI updates, recording a wrong ELBO."""
+    def cavi(x, m, s2, sigma0, sweeps):
+        return _cavi_gmm(x, m, s2, sigma0, sweeps, elbo=elbo)
+    return cavi, elbo
+
+
 def _kumaraswamy_ignores_u(a, b, u):
     return torch.distributions.Kumaraswamy(a, b).rsample(u.shape)
 
@@ -155,6 +199,9 @@ WRONG = {
         _radial_wrong_h, _radial_missing_radial_term],
     ("sheet02_vi.md", "check_kl_gaussians"): [_kl_swapped, _kl_no_half],
     ("sheet02_vi.md", "check_cavi_gaussian"): [_cavi_jacobi, _cavi_marginal_variances],
+    ("sheet02_vi.md", "check_cavi_gmm"): [  # (cavi_gmm, elbo_gmm) pairs
+        (_gmm_phi_without_variance, _elbo_gmm), (_gmm_no_prior_precision, _elbo_gmm),
+        _gmm(_elbo_gmm_no_variance), _gmm(_elbo_gmm_no_entropy)],
     ("sheet02_vi.md", "check_sample_kumaraswamy"): [_kumaraswamy_ignores_u, _kumaraswamy_swapped],
     ("sheet03_vae_gans.md", "check_reparam_grad"): [_reparam_score_function, _reparam_no_chain_rule],
     ("sheet03_vae_gans.md", "check_ns_loss"): [_ns_naive, _ns_saturating],
@@ -174,5 +221,21 @@ def test_every_coding_exercise_has_wrong_answers():
 def test_check_rejects_wrong_answers(sheet, check, capsys):
     ns = _checks(sheet)
     for wrong in WRONG[sheet, check]:
-        assert report(check, ns[check], wrong) == FAILED, f"{check} accepts {wrong.__name__}"
+        args = wrong if isinstance(wrong, tuple) else (wrong,)  # a check of several functions
+        names = ", ".join(a.__name__ for a in args)
+        assert report(check, ns[check], *args) == FAILED, f"{check} accepts {names}"
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("sheet", sorted({sheet for sheet, _ in WRONG}))
+def test_reference_solutions_pass(sheet, capsys):
+    """The checks are not too strict: with the sheet's own solutions every report says PASSED."""
+    nb = jupytext.read(twins.ROOT / "exercises" / sheet)
+    ns: dict = {}
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "stub" not in cell.metadata.get("tags", []):
+            exec(compile(cell.source, f"{sheet}:cell", "exec"), ns)
+    reports = [line for line in capsys.readouterr().out.splitlines() if line.split(":")[0] in
+               ("PASSED", "NOT YET", "FAILED")]
+    checks = [name for name in ns if name.startswith("check_")]
+    assert len(reports) == len(checks) and all(line.startswith("PASSED: ") for line in reports), reports

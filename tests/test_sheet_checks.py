@@ -111,7 +111,7 @@ def _gmm_phi_without_variance(x, m, s2, sigma0, sweeps):
 
 
 def _gmm_no_prior_precision(x, m, s2, sigma0, sweeps):
-    """1 / s_k^2 = sum_i phi_ik: the prior's 1 / sigma0^2 is missing from the precision."""
+    """1 / s_k^2 = sum_i phi[i, k]: the prior's 1 / sigma0^2 is missing from the precision."""
     return _cavi_gmm(x, m, s2, sigma0, sweeps, prior_precision=False)
 
 

@@ -66,7 +66,7 @@ def test_samples_have_the_model_covariance(model):
     torch.manual_seed(0)
     x = model.sample(200_000)
     cov = model.W @ model.W.T + model.sigma**2 * torch.eye(6, dtype=f64)
-    torch.testing.assert_close(x.mean(0), model.b, rtol=0, atol=0.02)
+    torch.testing.assert_close(x.mean(0), model.mu, rtol=0, atol=0.02)
     torch.testing.assert_close(torch.cov(x.T), cov, rtol=0, atol=0.05)
 
 
@@ -91,7 +91,7 @@ def test_fit_ppca_is_a_maximum_of_the_likelihood():
     fitted = vi.LinearGaussian.fit_ppca(x, d=2)
     best = fitted.log_prob(x).mean()
     for scale_w, scale_s in [(1.05, 1.0), (0.95, 1.0), (1.0, 1.1), (1.0, 0.9)]:
-        other = vi.LinearGaussian(fitted.W * scale_w, fitted.b, fitted.sigma * scale_s)
+        other = vi.LinearGaussian(fitted.W * scale_w, fitted.mu, fitted.sigma * scale_s)
         assert other.log_prob(x).mean() < best
     assert best >= truth.log_prob(x).mean() - 1e-4  # the maximum likelihood beats the true parameters on their own data
     with pytest.raises(ValueError, match=r"shape \(n, D\)"):
@@ -133,20 +133,21 @@ def test_cavi_raises_the_elbo_monotonically_below_the_evidence(normal_data):
     assert 0 < log_ev - elbos[-1] < 0.5  # a positive gap: the factorized q cannot be the posterior
     q = trace[-1][0]
     post = vi.normal_gamma_posterior(x, prior)
-    assert abs(q.m - post.mu) < 1e-12  # the mean of mu is exact
-    assert 1 / q.lam < post.b / ((post.a - 1) * post.lam)  # its variance is underestimated
+    assert abs(q.mu_n - post.mu) < 1e-12  # the mean of mu is exact
+    assert 1 / q.lambda_n < post.b / ((post.a - 1) * post.lam)  # its variance is underestimated
 
 
 def test_normal_gamma_elbo_matches_monte_carlo(normal_data):
     x, prior = normal_data
-    q = vi.MeanFieldNormalGamma(m=1.8, lam=20.0, a=8.0, b=4.0)
+    q = vi.MeanFieldNormalGamma(mu_n=1.8, lambda_n=20.0, a_n=8.0, b_n=4.0)
     torch.manual_seed(0)
-    mu = Normal(torch.tensor(q.m, dtype=f64), q.lam**-0.5).sample((200_000,))
-    tau = torch.distributions.Gamma(torch.tensor(q.a, dtype=f64), q.b).sample((200_000,))
+    mu = Normal(torch.tensor(q.mu_n, dtype=f64), q.lambda_n**-0.5).sample((200_000,))
+    tau = torch.distributions.Gamma(torch.tensor(q.a_n, dtype=f64), q.b_n).sample((200_000,))
     log_joint = (Normal(mu[:, None], tau[:, None] ** -0.5).log_prob(x).sum(-1)
                  + Normal(prior.mu, (prior.lam * tau) ** -0.5).log_prob(mu)
                  + torch.distributions.Gamma(prior.a, prior.b).log_prob(tau))
-    terms = log_joint - Normal(q.m, q.lam**-0.5).log_prob(mu) - torch.distributions.Gamma(q.a, q.b).log_prob(tau)
+    log_q = Normal(q.mu_n, q.lambda_n**-0.5).log_prob(mu) + torch.distributions.Gamma(q.a_n, q.b_n).log_prob(tau)
+    terms = log_joint - log_q
     se = terms.std().item() / math.sqrt(len(terms))
     assert abs(terms.mean().item() - vi.normal_gamma_elbo(x, prior, q)) < 5 * se
 

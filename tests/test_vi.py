@@ -244,3 +244,121 @@ def test_gaussian_encoder_shapes_and_errors():
     assert mu.shape == logvar.shape == (5, 3)
     with pytest.raises(ValueError, match=r"shape \(n, 64\)"):
         enc(torch.randn(5, 63))
+
+
+# ----------------------------------------------------------------------------- EM, a Gaussian mixture
+def test_em_never_decreases_the_log_likelihood_and_closes_the_gap():
+    g = torch.Generator().manual_seed(5)
+    x = torch.cat([torch.randn(40, generator=g, dtype=f64) - 2, 0.5 * torch.randn(30, generator=g, dtype=f64) + 1.5])
+    theta_0 = (torch.tensor([0.2, 0.3, 0.5], dtype=f64), torch.tensor([-0.5, 0.0, 0.5], dtype=f64),
+               torch.tensor([3.0, 1.0, 0.3], dtype=f64))
+    _, trace = vi.em_gmm(x, *theta_0, iters=25)
+    assert [s for s, _, _ in trace] == ["E", "M"] * 25
+    log_lik = torch.tensor([vi.gmm_log_lik(x, *theta_0)] + [ll for s, _, ll in trace if s == "M"])
+    assert (log_lik.diff() >= -1e-9).all(), "EM decreased the log-likelihood"
+    assert log_lik[-1] - log_lik[0] > 1.0
+    for step, elbo, ll in trace:
+        if step == "E":
+            assert abs(ll - elbo) < 1e-9  # q is the exact posterior: the gap is closed
+        else:
+            assert elbo <= ll + 1e-9  # the ELBO is a lower bound for every q
+
+
+def test_gmm_elbo_is_the_log_likelihood_minus_a_kl():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(9, generator=g, dtype=f64)
+    theta = (torch.tensor([0.4, 0.6], dtype=f64), torch.tensor([-1.0, 1.0], dtype=f64), torch.tensor([1.0, 0.5], dtype=f64))
+    r = torch.softmax(torch.randn(9, 2, generator=g, dtype=f64), 1)  # any q
+    posterior = torch.softmax(vi.gmm_log_joint(x, *theta), 1)
+    kl = (r * (r.log() - posterior.log())).sum().item()
+    assert abs(vi.gmm_log_lik(x, *theta) - vi.gmm_elbo(x, r, *theta) - kl) < 1e-10
+    with pytest.raises(ValueError, match=r"1D float tensor of shape \(n,\)"):
+        vi.gmm_log_lik(x[:, None], *theta)
+
+
+# ----------------------------------------------------------------------------- discrete latent variables
+def test_gumbel_max_frequencies_match_pi():
+    g = torch.Generator().manual_seed(7)
+    logits = torch.tensor([2.0, 0.0, -1.0, 0.5], dtype=f64)
+    pi, M = torch.softmax(logits, 0), 40_000
+    z = vi.gumbel_max(logits, vi.sample_gumbel((M, 4), g))
+    assert z.shape == (M, 4) and (z.sum(-1) == 1).all()
+    freq = z.mean(0)
+    assert ((freq - pi).abs() / (pi * (1 - pi) / M).sqrt()).max() < 5
+
+
+def test_gumbel_softmax_limits_and_straight_through():
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(50, 6, generator=g, dtype=f64)
+    noise = vi.sample_gumbel((50, 6), g)
+    hard = vi.gumbel_max(logits, noise)
+    torch.testing.assert_close(vi.gumbel_softmax(logits, noise, 1e-4), hard, rtol=0, atol=1e-6)
+    torch.testing.assert_close(vi.gumbel_softmax(logits, noise, 1e6), torch.full_like(hard, 1 / 6), rtol=0, atol=1e-5)
+    phi = logits.clone().requires_grad_()
+    c = torch.randn(6, dtype=f64)
+    st = vi.gumbel_softmax(phi, noise, 0.5, hard=True)
+    torch.testing.assert_close(st.detach(), hard)  # straight-through: the forward value is the category ...
+    (grad_st,) = torch.autograd.grad((st * c).sum(), phi)
+    (grad_soft,) = torch.autograd.grad((vi.gumbel_softmax(phi, noise, 0.5) * c).sum(), phi)
+    torch.testing.assert_close(grad_st, grad_soft)  # ... the gradient is the relaxation's
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        vi.gumbel_softmax(logits, noise, 0.0)
+
+
+# ----------------------------------------------------------------------------- stochastic VI
+def test_minibatch_log_joint_is_unbiased():
+    import itertools
+
+    g = torch.Generator().manual_seed(9)
+    n, S = 7, 3
+    log_lik, log_prior = torch.randn(S, n, generator=g, dtype=f64), torch.randn(S, generator=g, dtype=f64)
+    full = log_prior + log_lik.sum(1)
+    batches = list(itertools.combinations(range(n), 3))  # every batch of 3, each equally likely
+    mean = torch.stack([vi.minibatch_log_joint(log_lik[:, list(b)], log_prior, n) for b in batches]).mean(0)
+    torch.testing.assert_close(mean, full, rtol=0, atol=1e-12)  # exactly unbiased
+    estimates = torch.stack([vi.minibatch_log_joint(log_lik[:, torch.randperm(n, generator=g)[:2]], log_prior, n)
+                             for _ in range(2000)])  # random batches of 2: within 5 standard errors
+    assert ((estimates.mean(0) - full).abs() < 5 * estimates.std(0) / math.sqrt(2000)).all()
+    with pytest.raises(ValueError, match=r"shape \(S, \|B\|\)"):
+        vi.minibatch_log_joint(log_lik[0], log_prior, n)
+
+
+def test_svi_with_full_batches_and_unit_steps_is_cavi(normal_data):
+    x, prior = normal_data
+    svi = vi.svi_normal_gamma(x, prior, steps=6, batch_size=len(x), kappa=0.0, E_tau=0.05)
+    cavi = vi.cavi_normal_gamma(x, prior, iters=6, E_tau=0.05)
+    for q_svi, (q_cavi, _) in zip(svi, cavi[1::2]):  # CAVI's state after both updates
+        torch.testing.assert_close(torch.tensor(q_svi), torch.tensor(q_cavi), rtol=1e-12, atol=0)
+
+
+def test_svi_converges_to_the_cavi_fixed_point():
+    g = torch.Generator().manual_seed(10)
+    x = 1.0 + 0.5 * torch.randn(400, generator=g, dtype=f64)
+    prior = vi.NormalGamma(mu=0.0, lam=1.0, a=1.0, b=1.0)
+    q_fixed = vi.cavi_normal_gamma(x, prior, iters=50)[-1][0]
+    q = vi.svi_normal_gamma(x, prior, steps=1500, batch_size=10, E_tau=0.1)[-1]
+    assert abs(q.mu_n - q_fixed.mu_n) * math.sqrt(q_fixed.lambda_n) < 1.0  # within a posterior sd
+    # a batch of 10 estimates the sum of squares to about 45 %; steps rho_t ~ 0.006 average that
+    # down to a stationary relative noise of about 2.5 % in E[tau]: allow four times that
+    assert abs(q.a_n / q.b_n / (q_fixed.a_n / q_fixed.b_n) - 1) < 0.1
+    assert 0 <= vi.normal_gamma_elbo(x, prior, q_fixed) - vi.normal_gamma_elbo(x, prior, q) < 0.5
+    start = vi.svi_normal_gamma(x, prior, steps=1, batch_size=10, E_tau=0.1)[-1]
+    assert vi.normal_gamma_elbo(x, prior, start) < vi.normal_gamma_elbo(x, prior, q) - 1  # it moved
+
+
+# ----------------------------------------------------------------------------- alpha-divergences
+def test_alpha_divergence_limits_are_the_two_kls():
+    z = torch.linspace(-20, 20, 8001, dtype=f64)
+    dz = (z[1] - z[0]).item()
+    p, q = Normal(0.3, 1.2), Normal(-0.5, 0.8)
+    log_p, log_q = p.log_prob(z), q.log_prob(z)
+    kl_qp, kl_pq = kl_divergence(q, p).item(), kl_divergence(p, q).item()
+    assert abs(vi.alpha_divergence(log_p, log_q, dz, 0.0).item() - kl_qp) < 1e-6  # quadrature error
+    assert abs(vi.alpha_divergence(log_p, log_q, dz, 1.0).item() - kl_pq) < 1e-6
+    assert abs(vi.alpha_divergence(log_p, log_q, dz, 1e-5).item() - kl_qp) < 1e-4
+    assert abs(vi.alpha_divergence(log_p, log_q, dz, 1 - 1e-5).item() - kl_pq) < 1e-4
+    hellinger = 2 * ((log_p.exp().sqrt() - log_q.exp().sqrt()) ** 2).sum().item() * dz
+    assert abs(vi.alpha_divergence(log_p, log_q, dz, 0.5).item() - hellinger) < 1e-6
+    for alpha in (-1.0, 0.25, 2.0):
+        assert vi.alpha_divergence(log_p, log_q, dz, alpha) > 0
+        assert abs(vi.alpha_divergence(log_p, log_p, dz, alpha).item()) < 1e-8

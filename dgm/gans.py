@@ -12,7 +12,7 @@ from dgm import data
 
 
 def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
-    """-V(G, D) on a minibatch, from the discriminator's logits on real and generated samples.
+    """-V(G, D) on a minibatch, from D's logits on real and generated samples.
 
     With a = logit D(x): log D(x) = -softplus(-a) and log(1 - D(x)) = -softplus(a).
     Defined in book/04_gans.md, section "The two-player game".
@@ -23,8 +23,9 @@ def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tens
 def generator_loss(d_fake: torch.Tensor, kind: str = "non-saturating") -> torch.Tensor:
     """The generator's loss from the logits a = logit D(G(z)) of its samples.
 
-    "minimax": E log(1 - D(G(z))), the game's own term (saturates when D rejects the samples);
-    "non-saturating": -E log D(G(z)); "wasserstein": -E f(G(z)) for a critic f with real outputs.
+    "minimax": E log(1 - D(G(z))), the game's own term (saturates when D rejects the
+    samples); "non-saturating": -E log D(G(z)); "wasserstein": -E f(G(z)) for a critic f
+    with real outputs.
     Defined in book/04_gans.md, section "Saturation and the non-saturating loss".
     """
     if kind == "minimax":
@@ -33,14 +34,17 @@ def generator_loss(d_fake: torch.Tensor, kind: str = "non-saturating") -> torch.
         return F.softplus(-d_fake).mean()
     if kind == "wasserstein":
         return -d_fake.mean()
-    raise ValueError(f"unknown generator loss {kind!r}; use 'minimax', 'non-saturating' or 'wasserstein'")
+    raise ValueError(f"unknown generator loss {kind!r}; "
+                     "use 'minimax', 'non-saturating' or 'wasserstein'")
 
 
-def gan_mlp(d_in: int, d_out: int, hidden: int, depth: int, spectral: bool = False) -> nn.Sequential:
-    """An MLP with `depth` hidden layers of width `hidden` and LeakyReLU(0.2) activations.
+def gan_mlp(d_in: int, d_out: int, hidden: int, depth: int,
+            spectral: bool = False) -> nn.Sequential:
+    """An MLP with `depth` hidden layers of width `hidden`, LeakyReLU(0.2) activations.
 
-    With spectral=True every linear layer is spectrally normalized (its weight divided by its largest
-    singular value, estimated by power iteration), so the network is (approximately) 1-Lipschitz.
+    With spectral=True every linear layer is spectrally normalized (its weight divided
+    by its largest singular value, estimated by power iteration), so the network is
+    (approximately) 1-Lipschitz.
     Defined in book/04_gans.md, section "Training a GAN on 2D data".
     """
     dims = [d_in] + [hidden] * depth
@@ -49,7 +53,8 @@ def gan_mlp(d_in: int, d_out: int, hidden: int, depth: int, spectral: bool = Fal
         layers += [nn.Linear(a, b), nn.LeakyReLU(0.2)]
     layers.append(nn.Linear(dims[-1], d_out))
     if spectral:
-        layers = [nn.utils.parametrizations.spectral_norm(l) if isinstance(l, nn.Linear) else l for l in layers]
+        layers = [nn.utils.parametrizations.spectral_norm(l) if isinstance(l, nn.Linear)
+                  else l for l in layers]
     return nn.Sequential(*layers)
 
 
@@ -57,39 +62,46 @@ def _with_labels(h: torch.Tensor, y, n_classes: int) -> torch.Tensor:
     """Append one-hot labels to the inputs of a class-conditional network."""
     if n_classes == 0:
         if y is not None:
-            raise ValueError("this network is unconditional (n_classes=0) but labels y were given")
+            raise ValueError("this network is unconditional (n_classes=0) "
+                             "but labels y were given")
         return h
     if y is None:
-        raise ValueError(f"this network is class-conditional (n_classes={n_classes}): pass labels y")
+        raise ValueError(f"this network is class-conditional (n_classes={n_classes}): "
+                         "pass labels y")
     y = torch.as_tensor(y, device=h.device)
-    if y.shape != (len(h),) or y.dtype != torch.long or int(y.min()) < 0 or int(y.max()) >= n_classes:
-        raise ValueError(f"labels y must be a torch.long tensor of shape ({len(h)},) with values in 0..{n_classes - 1}")
+    if (y.shape != (len(h),) or y.dtype != torch.long or int(y.min()) < 0
+            or int(y.max()) >= n_classes):
+        raise ValueError(f"labels y must be a torch.long tensor of shape ({len(h)},) "
+                         f"with values in 0..{n_classes - 1}")
     return torch.cat([h, F.one_hot(y, n_classes).to(h.dtype)], dim=1)
 
 
 class Generator(nn.Module):
-    """x = G(z) with z ~ N(0, I_{z_dim}): `scale` times an MLP's output, or tanh of it for images.
+    """x = G(z) with z ~ N(0, I_{z_dim}): `scale` times an MLP's output, or its tanh.
 
-    With `levels` set (images of integer levels 0..levels-1), G's outputs lie in (-1, 1), the
-    range of the dequantized training data, and `sample` returns integer levels.
+    The tanh is for images: with `levels` set (images of integer levels 0..levels-1),
+    G's outputs lie in (-1, 1), the range of the dequantized training data, and `sample`
+    returns integer levels.
     Defined in book/04_gans.md, section "Training a GAN on 2D data".
     """
 
-    def __init__(self, dim: int = 2, z_dim: int = 8, hidden: int = 128, depth: int = 3, scale: float = 1.0,
-                 levels: int | None = None, n_classes: int = 0):
+    def __init__(self, dim: int = 2, z_dim: int = 8, hidden: int = 128, depth: int = 3,
+                 scale: float = 1.0, levels: int | None = None, n_classes: int = 0):
         super().__init__()
-        self.dim, self.z_dim, self.scale, self.levels, self.n_classes = dim, z_dim, scale, levels, n_classes
+        self.dim, self.z_dim, self.scale = dim, z_dim, scale
+        self.levels, self.n_classes = levels, n_classes
         self.net = gan_mlp(z_dim + n_classes, dim, hidden, depth)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f"z must have shape (n, {self.z_dim}), got {tuple(z.shape)}")
+            raise ValueError(f"z must have shape (n, {self.z_dim}), "
+                             f"got {tuple(z.shape)}")
         h = self.net(_with_labels(z, y, self.n_classes))
         return torch.tanh(h) if self.levels else self.scale * h
 
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
-        """n samples: points (n, dim), or integer levels (torch.long) when `levels` is set."""
+        """n samples: points (n, dim), or levels (torch.long) when `levels` is set."""
         device = next(self.parameters()).device
         x = self(torch.randn(n, self.z_dim, device=device), y)
         if self.levels:  # (-1, 1) -> bins of width 2 / levels -> levels 0..levels-1
@@ -98,13 +110,14 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """The logit a(x) = logit D(x) (or a critic's real value) of an MLP on x / scale, shape (n,).
+    """The logit a(x) = logit D(x) (or a critic's real value) of an MLP on x / scale.
 
+    The output has shape (n,).
     Defined in book/04_gans.md, section "Training a GAN on 2D data".
     """
 
-    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, scale: float = 1.0,
-                 spectral: bool = False, n_classes: int = 0):
+    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3,
+                 scale: float = 1.0, spectral: bool = False, n_classes: int = 0):
         super().__init__()
         self.dim, self.scale, self.n_classes = dim, scale, n_classes
         self.net = gan_mlp(dim + n_classes, 1, hidden, depth, spectral=spectral)
@@ -116,8 +129,9 @@ class Discriminator(nn.Module):
 
 
 def r1_penalty(D: nn.Module, x_real: torch.Tensor, y=None) -> torch.Tensor:
-    """E ||grad_x a(x)||^2 at real samples (the R1 regularizer; weight gamma / 2 in the loss).
+    """E ||grad_x a(x)||^2 at real samples: the R1 regularizer.
 
+    Its weight in the loss is gamma / 2.
     Defined in book/04_gans.md, section "Training a GAN on 2D data".
     """
     x = x_real.detach().requires_grad_(True)
@@ -125,9 +139,11 @@ def r1_penalty(D: nn.Module, x_real: torch.Tensor, y=None) -> torch.Tensor:
     return grad.pow(2).sum(dim=1).mean()
 
 
-def gradient_penalty(D: nn.Module, x_real: torch.Tensor, x_fake: torch.Tensor, y=None) -> torch.Tensor:
-    """E (||grad f(x_hat)|| - 1)^2 at x_hat uniform on segments between real and generated samples (WGAN-GP).
+def gradient_penalty(D: nn.Module, x_real: torch.Tensor, x_fake: torch.Tensor,
+                     y=None) -> torch.Tensor:
+    """The WGAN-GP penalty E (||grad f(x_hat)|| - 1)^2.
 
+    x_hat is uniform on segments between real and generated samples.
     Defined in book/04_gans.md, section "Training a GAN on 2D data".
     """
     eps = torch.rand(len(x_real), 1, device=x_real.device)
@@ -136,22 +152,27 @@ def gradient_penalty(D: nn.Module, x_real: torch.Tensor, x_fake: torch.Tensor, y
     return (grad.norm(dim=1) - 1).pow(2).mean()
 
 
-def train_gan(G: Generator, D: Discriminator, x: torch.Tensor, steps: int, y: torch.Tensor | None = None,
-              loss: str = "non-saturating", r1: float = 0.0, gp: float = 0.0, n_critic: int = 1,
-              lr: float = 1e-3, betas: tuple[float, float] = (0.5, 0.99), batch_size: int = 256,
-              decay: bool = True, augment=None, record=None, record_at=(), seed: int = 0) -> dict:
-    """Alternating minibatch Adam on D (n_critic steps) and G (one step); returns the loss history.
+def train_gan(G: Generator, D: Discriminator, x: torch.Tensor, steps: int,
+              y: torch.Tensor | None = None, loss: str = "non-saturating",
+              r1: float = 0.0, gp: float = 0.0, n_critic: int = 1, lr: float = 1e-3,
+              betas: tuple[float, float] = (0.5, 0.99), batch_size: int = 256,
+              decay: bool = True, augment=None, record=None, record_at=(),
+              seed: int = 0) -> dict:
+    """Alternating minibatch Adam on D (n_critic steps) and G (one step).
 
-    loss: the generator's loss ("non-saturating", "minimax", or "wasserstein" for a WGAN critic);
-    r1: weight gamma of (gamma / 2) E||grad a(x_real)||^2; gp: weight lambda of the WGAN-GP penalty;
-    decay: learning rates fall linearly to 0 over `steps`; augment(x_batch) maps data batches to the
-    networks' space (e.g. dequantize and rescale images); record(step, G, D) runs at steps in record_at.
+    Returns the loss history. loss: the generator's loss ("non-saturating", "minimax",
+    or "wasserstein" for a WGAN critic); r1: weight gamma of
+    (gamma / 2) E||grad a(x_real)||^2; gp: weight lambda of the WGAN-GP penalty; decay:
+    learning rates fall linearly to 0 over `steps`; augment(x_batch) maps data batches
+    to the networks' space (e.g. dequantize and rescale images); record(step, G, D) runs
+    at steps in record_at.
     Defined in book/04_gans.md, section "Training a GAN on 2D data".
     """
     if loss not in ("non-saturating", "minimax", "wasserstein"):
         raise ValueError(f"unknown loss {loss!r}")
     if y is not None and len(y) != len(x):
-        raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+        raise ValueError("x and y must have the same length, "
+                         f"got {len(x)} and {len(y)}")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt_G = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
@@ -200,8 +221,9 @@ def train_gan(G: Generator, D: Discriminator, x: torch.Tensor, steps: int, y: to
 
 
 def to_unit(x: torch.Tensor, shift: bool = False) -> torch.Tensor:
-    """Digits levels -> dequantized values in (-1, 1), the range of the generator (optionally shifted by ±1 pixel).
+    """Digits levels -> dequantized values in (-1, 1), the range of the generator.
 
+    The digits are optionally shifted by ±1 pixel first.
     Defined in book/04_gans.md, section "A GAN on the digits".
     """
     return data.dequantize(data.shift_digits(x) if shift else x) * 2 - 1

@@ -14,10 +14,10 @@ from dgm import data
 
 
 class Flow(nn.Module):
-    """A normalizing flow: layers f_1..f_K applied to x in order, standard normal base p_Z.
+    """A normalizing flow: layers f_1..f_K applied to x in order, standard normal base.
 
-    log_prob(x) = log p_Z(f(x)) + sum_k log|det df_k/dx_{k-1}|; sample(n) runs the layers'
-    inverses, last to first, on z ~ N(0, I).
+    log_prob(x) = log p_Z(f(x)) + sum_k log|det df_k/dx^[k-1]|; sample(n) runs the
+    layers' inverses, last to first, on z ~ N(0, I).
     Defined in book/01_flows.md, section "The code conventions".
     """
 
@@ -55,14 +55,16 @@ class Flow(nn.Module):
 
 
 def check_layer(layer, x, atol: float = 1e-4):
-    """Compare a layer's log|det| with autograd's Jacobian and inverse(forward(x)) with x.
+    """Compare a layer's log|det| with autograd's Jacobian, inverse(forward(x)) with x.
 
-    Returns the largest absolute errors (log-det, inversion, log-det of the inverse); raises
-    AssertionError when one exceeds atol. Use a small dimension: the Jacobian costs D passes.
+    Returns the largest absolute errors (log-det, inversion, log-det of the inverse);
+    raises AssertionError when one exceeds atol. Use a small dimension: the Jacobian
+    costs D passes.
     Defined in book/01_flows.md, section "The code conventions".
     """
     z, log_det = layer(x)
-    jac = torch.stack([torch.autograd.functional.jacobian(lambda v: layer(v[None])[0][0], xi) for xi in x])
+    one = lambda v: layer(v[None])[0][0]  # noqa: E731 - the layer on a single point
+    jac = torch.stack([torch.autograd.functional.jacobian(one, xi) for xi in x])
     err_det = (torch.linalg.slogdet(jac)[1] - log_det).abs().max().item()
     x_back, log_det_inv = layer.inverse(z)
     err_inv = (x_back - x).abs().max().item()
@@ -113,7 +115,7 @@ class Planar(nn.Module):
 
 
 def mlp(n_in: int, n_out: int, hidden: int, depth: int = 2) -> nn.Sequential:
-    """A ReLU network n_in -> hidden (x depth) -> n_out whose last layer starts at zero.
+    """A ReLU network n_in -> hidden (x depth) -> n_out; the last layer starts at 0.
 
     Defined in book/01_flows.md, section "Coupling flows".
     """
@@ -128,9 +130,10 @@ def mlp(n_in: int, n_out: int, hidden: int, depth: int = 2) -> nn.Sequential:
 
 
 class AffineCoupling(nn.Module):
-    """RealNVP coupling z_B = x_B * exp(s(x_A)) + t(x_A), z_A = x_A; NICE when affine=False (s = 0).
+    """Affine coupling z_B = x_B * exp(s(x_A)) + t(x_A), z_A = x_A (NICE: affine=False).
 
-    mask: 1 for the coordinates A that condition, 0 for the coordinates B that are transformed.
+    mask: 1 for the coordinates A that condition, 0 for the coordinates B that are
+    transformed. s = scale * tanh(s_raw) from the network's raw output; NICE has s = 0.
     Defined in book/01_flows.md, section "Coupling flows".
     """
 
@@ -140,14 +143,15 @@ class AffineCoupling(nn.Module):
         dim = len(self.mask)
         self.affine = affine
         self.net = mlp(dim, 2 * dim if affine else dim, hidden)
-        self.scale = nn.Parameter(torch.ones(dim))  # s = scale * tanh(.) keeps exp(s) tame early on
+        self.scale = nn.Parameter(torch.ones(dim))  # keeps exp(s) tame early on
 
     def _s_t(self, x_a):
         out = self.net(x_a)
         if not self.affine:
             return torch.zeros_like(out), out * (1 - self.mask)
-        s, t = out.chunk(2, dim=1)
-        return self.scale * torch.tanh(s) * (1 - self.mask), t * (1 - self.mask)
+        s_raw, t = out.chunk(2, dim=1)
+        s = self.scale * torch.tanh(s_raw)
+        return s * (1 - self.mask), t * (1 - self.mask)
 
     def forward(self, x):
         s, t = self._s_t(x * self.mask)
@@ -159,8 +163,9 @@ class AffineCoupling(nn.Module):
 
 
 class ActNorm(nn.Module):
-    """Elementwise affine z = x * exp(a) + c, initialized from the first training batch to zero mean, unit variance.
+    """Elementwise affine z = x * exp(a) + c.
 
+    a and c are set from the first training batch to give zero mean, unit variance.
     Defined in book/01_flows.md, section "Coupling flows".
     """
 
@@ -183,8 +188,9 @@ class ActNorm(nn.Module):
 
 
 def coupling_masks(dim: int, n: int) -> list[torch.Tensor]:
-    """n alternating masks: odd/even coordinates, then first/second half, each followed by its complement.
+    """n alternating masks: even/odd coordinates, then first/second half.
 
+    Each mask is followed by its complement.
     Defined in book/01_flows.md, section "Coupling flows".
     """
     i = torch.arange(dim)
@@ -197,20 +203,82 @@ def coupling_masks(dim: int, n: int) -> list[torch.Tensor]:
 
 
 class RealNVP(Flow):
-    """RealNVP: n_layers of ActNorm followed by an affine coupling with alternating masks.
+    """RealNVP: n_layers of ActNorm, each followed by an affine coupling.
 
     Defined in book/01_flows.md, section "Coupling flows".
     """
 
-    def __init__(self, dim: int, n_layers: int = 8, hidden: int = 64, affine: bool = True):
+    def __init__(self, dim: int, n_layers: int = 8, hidden: int = 64,
+                 affine: bool = True):
         layers = []
         for mask in coupling_masks(dim, n_layers):
             layers += [ActNorm(dim), AffineCoupling(mask, hidden, affine)]
         super().__init__(layers, dim)
 
 
+class Permutation(nn.Module):
+    """z = x[:, perm]: reorders the coordinates; |det| = 1, so log|det| = 0.
+
+    Defined in book/01_flows.md, section "Mixing coordinates: permutations and invertible linear layers".
+    """
+
+    def __init__(self, perm):
+        super().__init__()
+        self.register_buffer("perm", torch.as_tensor(perm, dtype=torch.long))
+        self.register_buffer("inv_perm", torch.argsort(self.perm))
+
+    def forward(self, x):
+        return x[:, self.perm], x.new_zeros(len(x))
+
+    def inverse(self, z):
+        return z[:, self.inv_perm], z.new_zeros(len(z))
+
+
+class LULinear(nn.Module):
+    """Invertible linear layer z = W x with W = P L (U + diag(s)) (Glow's LU form).
+
+    P is a fixed permutation, L unit lower triangular, U strictly upper triangular; then
+    log|det W| = sum_i log|s_i| in O(D), and the inverse is two triangular solves.
+    W starts as a random rotation (Glow), or as the identity with init="identity".
+    Defined in book/01_flows.md, section "Mixing coordinates: permutations and invertible linear layers".
+    """
+
+    def __init__(self, dim: int, seed: int = 0, init: str = "rotation"):
+        super().__init__()
+        if init not in ("rotation", "identity"):
+            raise ValueError(f"init must be 'rotation' or 'identity', got {init!r}")
+        g = torch.Generator().manual_seed(seed)
+        q = torch.linalg.qr(torch.randn(dim, dim, generator=g))[0]  # a random rotation
+        P, L, U = torch.linalg.lu(q if init == "rotation" else torch.eye(dim))
+        s = torch.diagonal(U)
+        self.register_buffer("P", P)
+        self.register_buffer("sign_s", torch.sign(s))
+        self.register_buffer("lower", torch.tril(torch.ones(dim, dim), -1))
+        self.L_entries = nn.Parameter(L * self.lower)
+        self.U_entries = nn.Parameter(torch.triu(U, 1))
+        self.log_abs_s = nn.Parameter(torch.log(s.abs()))
+
+    def weight(self):
+        eye = torch.eye(len(self.P), device=self.P.device, dtype=self.P.dtype)
+        L = self.L_entries * self.lower + eye
+        U = self.U_entries * self.lower.T
+        s = self.sign_s * torch.exp(self.log_abs_s)
+        return self.P, L, U + torch.diag(s)
+
+    def forward(self, x):  # z = W x for each row x
+        P, L, U_s = self.weight()
+        z = x @ (P @ L @ U_s).T
+        return z, self.log_abs_s.sum().expand(len(x))
+
+    def inverse(self, z):  # solve P L (U + diag s) x = z: two triangular solves
+        P, L, U_s = self.weight()
+        y = torch.linalg.solve_triangular(L, (z @ P).T, upper=False, unitriangular=True)
+        x = torch.linalg.solve_triangular(U_s, y, upper=True).T
+        return x, -self.log_abs_s.sum().expand(len(z))
+
+
 class MaskedLinear(nn.Linear):
-    """A linear layer whose weight is multiplied by a fixed 0/1 mask of shape (out, in).
+    """A linear layer whose weight is masked by a fixed 0/1 mask shape (out, in).
 
     Defined in book/01_flows.md, section "Autoregressive flows".
     """
@@ -224,7 +292,7 @@ class MaskedLinear(nn.Linear):
 
 
 class MADE(nn.Module):
-    """Masked autoencoder: outputs n_out values per input coordinate, output i sees only inputs < i.
+    """Masked autoencoder: n_out values per input coordinate; output i sees inputs < i.
 
     forward(x) has shape (n, n_out, dim); degrees follow the coordinate order 1..dim.
     Defined in book/01_flows.md, section "Autoregressive flows".
@@ -238,9 +306,11 @@ class MADE(nn.Module):
         degrees = [d_in] + [d_hidden] * depth
         layers = []
         for a, b in zip(degrees[:-1], degrees[1:]):
-            layers += [MaskedLinear(len(a), len(b), b[:, None] >= a[None, :]), nn.ReLU()]
+            mask = b[:, None] >= a[None, :]  # hidden degree d sees degrees <= d
+            layers += [MaskedLinear(len(a), len(b), mask), nn.ReLU()]
         d_out = d_in.repeat(n_out)
-        last = MaskedLinear(len(degrees[-1]), n_out * dim, d_out[:, None] > degrees[-1][None, :])
+        mask = d_out[:, None] > degrees[-1][None, :]  # output i sees degrees < i
+        last = MaskedLinear(len(degrees[-1]), n_out * dim, mask)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.net = nn.Sequential(*layers, last)
@@ -250,8 +320,9 @@ class MADE(nn.Module):
 
 
 class MAF(nn.Module):
-    """Masked autoregressive flow layer: z_i = (x_i - mu_i(x_<i)) exp(-alpha_i(x_<i)). Density in one pass.
+    """Masked autoregressive flow layer: z_i = (x_i - mu_i(x_<i)) exp(-alpha_i(x_<i)).
 
+    The density takes one pass, sampling (inverse) D passes.
     Defined in book/01_flows.md, section "Autoregressive flows".
     """
 
@@ -273,8 +344,9 @@ class MAF(nn.Module):
 
 
 class IAF(nn.Module):
-    """Inverse autoregressive flow layer: x_i = z_i exp(alpha_i(z_<i)) + mu_i(z_<i). Sampling in one pass.
+    """Inverse autoregressive flow layer: x_i = z_i exp(alpha_i(z_<i)) + mu_i(z_<i).
 
+    Sampling (inverse) takes one pass, the density of a given x D passes.
     Defined in book/01_flows.md, section "Autoregressive flows".
     """
 
@@ -296,40 +368,48 @@ class IAF(nn.Module):
 
 
 def rq_spline(x, widths, heights, slopes, bound: float, inverse: bool = False):
-    """Elementwise monotone rational-quadratic spline on [-bound, bound], identity outside.
+    """Monotone rational-quadratic spline on [-L, L], L = bound; identity outside.
 
-    widths, heights: (..., J) positive, each summing to 2 * bound; slopes: (..., J + 1) positive.
-    Returns y and log|dy/dx| (for inverse=True: x from y, and log|dx/dy|), both shaped like x.
+    widths, heights: (..., J) positive, each summing to 2 L (the bin widths Delta xi_k
+    and heights Delta eta_k); slopes: (..., J + 1) positive knot derivatives delta_k.
+    Returns y and log|dy/dx| (inverse=True: x from y, and log|dx/dy|), shaped like x.
     Defined in book/01_flows.md, section "Spline flows".
     """
-    inside = (x > -bound) & (x < bound)
-    xk = F.pad(torch.cumsum(widths, -1), (1, 0)) - bound  # knots, (..., J + 1)
-    yk = F.pad(torch.cumsum(heights, -1), (1, 0)) - bound
-    knots = yk if inverse else xk
-    k = torch.searchsorted(knots[..., 1:-1].contiguous(), x.clamp(-bound, bound)[..., None]).clamp(max=widths.shape[-1] - 1)
+    L = bound
+    inside = (x > -L) & (x < L)
+    xi = F.pad(torch.cumsum(widths, -1), (1, 0)) - L  # knots xi_k, eta_k: (..., J + 1)
+    eta = F.pad(torch.cumsum(heights, -1), (1, 0)) - L
+    knots = eta if inverse else xi
+    k = torch.searchsorted(knots[..., 1:-1].contiguous(), x.clamp(-L, L)[..., None])
+    k = k.clamp(max=widths.shape[-1] - 1)
     pick = lambda t: t.gather(-1, k)[..., 0]  # noqa: E731 - the value of bin k
-    x0, y0, w, h = pick(xk), pick(yk), pick(widths), pick(heights)
-    d0, d1 = pick(slopes[..., :-1]), pick(slopes[..., 1:])
-    s = h / w
-    if inverse:
-        dy = x - y0
-        a = h * (s - d0) + dy * (d1 + d0 - 2 * s)
-        b = h * d0 - dy * (d1 + d0 - 2 * s)
-        c = -s * dy
-        xi = (2 * c / (-b - torch.sqrt((b * b - 4 * a * c).clamp(min=0)))).clamp(0, 1)
-        out = x0 + xi * w
+    xi_k, eta_k, d_xi, d_eta = pick(xi), pick(eta), pick(widths), pick(heights)
+    delta_k, delta_k1 = pick(slopes[..., :-1]), pick(slopes[..., 1:])
+    rho = d_eta / d_xi  # bin slope rho_k
+    kappa = delta_k1 + delta_k - 2 * rho
+    if inverse:  # solve q2 omega^2 + q1 omega + q0 = 0 (eq. rqs-inverse)
+        dy = x - eta_k
+        q2 = d_eta * (rho - delta_k) + dy * kappa
+        q1 = d_eta * delta_k - dy * kappa
+        q0 = -rho * dy
+        root = torch.sqrt((q1 * q1 - 4 * q2 * q0).clamp(min=0))
+        omega = (2 * q0 / (-q1 - root)).clamp(0, 1)
+        out = xi_k + omega * d_xi
     else:
-        xi = ((x - x0) / w).clamp(0, 1)
-        out = y0 + h * (s * xi**2 + d0 * xi * (1 - xi)) / (s + (d1 + d0 - 2 * s) * xi * (1 - xi))
-    denom = s + (d1 + d0 - 2 * s) * xi * (1 - xi)
-    log_slope = 2 * torch.log(s) + torch.log(d1 * xi**2 + 2 * s * xi * (1 - xi) + d0 * (1 - xi) ** 2) - 2 * torch.log(denom)
+        omega = ((x - xi_k) / d_xi).clamp(0, 1)
+        w1 = omega * (1 - omega)
+        out = eta_k + d_eta * (rho * omega**2 + delta_k * w1) / (rho + kappa * w1)
+    w1 = omega * (1 - omega)
+    numer = delta_k1 * omega**2 + 2 * rho * w1 + delta_k * (1 - omega) ** 2
+    log_slope = 2 * torch.log(rho) + torch.log(numer) - 2 * torch.log(rho + kappa * w1)
     log_slope = -log_slope if inverse else log_slope
-    return torch.where(inside, out, x), torch.where(inside, log_slope, torch.zeros_like(x))
-
+    log_slope = torch.where(inside, log_slope, torch.zeros_like(x))
+    return torch.where(inside, out, x), log_slope
 
 class SplineCoupling(nn.Module):
-    """Coupling layer whose transform of each coordinate in B is a rational-quadratic spline with J bins.
+    """Coupling layer: each coordinate in B goes through a rational-quadratic spline.
 
+    The spline has `bins` = J bins on [-L, L], L = bound; the network sees x_A only.
     Defined in book/01_flows.md, section "Spline flows".
     """
 
@@ -343,9 +423,10 @@ class SplineCoupling(nn.Module):
         raw = self.net(x_a).view(len(x_a), self.dim, 3 * self.bins - 1)
         rw, rh, rd = raw.split([self.bins, self.bins, self.bins - 1], dim=-1)
         min_bin = 1e-3
-        widths = (min_bin + (1 - min_bin * self.bins) * F.softmax(rw, -1)) * 2 * self.bound
-        heights = (min_bin + (1 - min_bin * self.bins) * F.softmax(rh, -1)) * 2 * self.bound
-        inner = 1e-3 + F.softplus(rd + math.log(math.e - 1))  # about 1 when rd = 0: the layer starts near the identity
+        share = lambda r: min_bin + (1 - min_bin * self.bins) * F.softmax(r, -1)  # noqa
+        widths, heights = share(rw) * 2 * self.bound, share(rh) * 2 * self.bound
+        # about 1 when rd = 0: the layer starts near the identity
+        inner = 1e-3 + F.softplus(rd + math.log(math.e - 1))
         ones = torch.ones_like(inner[..., :1])
         return widths, heights, torch.cat([ones, inner, ones], -1)
 
@@ -362,21 +443,38 @@ class SplineCoupling(nn.Module):
 
 
 class NeuralSpline(Flow):
-    """Neural spline flow: n_layers of ActNorm followed by a rational-quadratic spline coupling.
+    """Neural spline flow: n_layers of ActNorm, each followed by a spline coupling.
 
     Defined in book/01_flows.md, section "Spline flows".
     """
 
-    def __init__(self, dim: int, n_layers: int = 4, hidden: int = 64, bins: int = 8, bound: float = 4.0):
+    def __init__(self, dim: int, n_layers: int = 4, hidden: int = 64, bins: int = 8,
+                 bound: float = 4.0):
         layers = []
         for mask in coupling_masks(dim, n_layers):
             layers += [ActNorm(dim), SplineCoupling(mask, hidden, bins, bound)]
         super().__init__(layers, dim)
 
 
-class Logit(nn.Module):
-    """w = logit(lam + (1 - 2 lam) y): maps the unit cube, where dequantized data live, onto R^D.
+@torch.no_grad()
+def toy_kl(model, name: str, x):
+    """KL(p_data || p_model) in nats for the 2D toy `name`, estimated on its samples x.
 
+    x: fresh samples of the toy, shape (n, 2). Returns (estimate, standard error): the
+    mean of log p_data(x) - log p_model(x) over the rows (eq. kl-mc) and its Monte Carlo
+    standard error.
+    Defined in book/01_flows.md, section "Fitting 2D densities by maximum likelihood".
+    """
+    x = data.check_points(x, 2)
+    gap = data.toy_log_prob(name, x) - model.log_prob(x)
+    return gap.mean().item(), (gap.std() / math.sqrt(len(gap))).item()
+
+
+class Logit(nn.Module):
+    """v = logit(lam + (1 - 2 lam) y): maps the unit cube of dequantized data to R^D.
+
+    lam is the lambda of the text; forward returns v and log|dv/dy| summed over the
+    coordinates.
     Defined in book/01_flows.md, section "Discrete data: dequantization and bits per dimension".
     """
 
@@ -384,19 +482,22 @@ class Logit(nn.Module):
         super().__init__()
         self.lam = lam
 
-    def forward(self, y):
-        v = self.lam + (1 - 2 * self.lam) * y
-        w = torch.log(v) - torch.log1p(-v)
-        return w, (math.log(1 - 2 * self.lam) - torch.log(v) - torch.log1p(-v)).sum(1)
+    def _log_abs_det(self, p):  # log|dv/dy| at p = lam + (1 - 2 lam) y
+        return (math.log(1 - 2 * self.lam) - torch.log(p) - torch.log1p(-p)).sum(1)
 
-    def inverse(self, w):
-        v = torch.sigmoid(w)
-        y = (v - self.lam) / (1 - 2 * self.lam)
-        return y, -(math.log(1 - 2 * self.lam) - torch.log(v) - torch.log1p(-v)).sum(1)
+    def forward(self, y):
+        p = self.lam + (1 - 2 * self.lam) * y
+        v = torch.log(p) - torch.log1p(-p)
+        return v, self._log_abs_det(p)
+
+    def inverse(self, v):
+        p = torch.sigmoid(v)
+        y = (p - self.lam) / (1 - 2 * self.lam)
+        return y, -self._log_abs_det(p)
 
 
 def dequantized_nll(model, x):
-    """The loss: -log p_Y(y) per image on a fresh dequantization y of the integer batch x.
+    """The loss: -log p_Y(y) per image on a fresh dequantization y of the integers x.
 
     While training, each image is also shifted by up to one pixel: 1000 images are few.
     Defined in book/01_flows.md, section "Discrete data: dequantization and bits per dimension".
@@ -407,14 +508,166 @@ def dequantized_nll(model, x):
 
 
 @torch.no_grad()
-def dequantization_bound(model, x, draws: int = 20):
-    """Upper bound on the discrete NLL (nats per image) of integer images x, once per noise draw.
+def dequantization_bound(model, x, draws: int = 20, per_image: bool = False):
+    """Upper bound on the discrete NLL (nats per image) of integer images x, per draw.
 
-    Returns a tensor of shape (draws,): the mean over images of -log p_Y(y) + D log 17 for the
-    dequantizations y drawn with seeds 0..draws-1; its mean estimates the bound (eq. dequant-bound).
+    Returns a tensor of shape (draws,): the mean over images of -log p_Y(y) + D log 17
+    for the dequantizations y drawn with seeds 0..draws-1; its mean estimates the
+    bound (eq. dequant-bound). With per_image=True: shape (draws, n), one per image.
     Defined in book/01_flows.md, section "Discrete data: dequantization and bits per dimension".
     """
-    return torch.stack([
-        data.discrete_nll_bound(model.log_prob(data.dequantize(x, generator=torch.Generator().manual_seed(s))), x.shape[1]).mean()
-        for s in range(draws)
-    ])
+    per_draw = []
+    for s in range(draws):
+        y = data.dequantize(x, generator=torch.Generator().manual_seed(s))
+        per_draw.append(data.discrete_nll_bound(model.log_prob(y), x.shape[1]))
+    bound = torch.stack(per_draw)
+    return bound if per_image else bound.mean(1)
+
+
+def rezende_energy(name: str, z):
+    """U(z) of the 2D target p(z) = exp(-U(z)) / Z named "U1", "U2" or "U3", shape (n,).
+
+    The energies of Rezende and Mohamed (2015, table 1); U2 and U3 get z_1^2 / 8 added,
+    without which exp(-U) is periodic in z_1 and not integrable. Defined in the section
+    "Flows as variational families" of the flows chapter (eq. rezende-energies).
+    Defined in book/01_flows.md, section "Flows as variational families".
+    """
+    z = data.check_points(z, 2)
+    z1, z2 = z[:, 0], z[:, 1]
+    w1 = torch.sin(2 * math.pi * z1 / 4)
+    if name == "U1":
+        bumps = torch.logaddexp(-0.5 * ((z1 - 2) / 0.6) ** 2,
+                                -0.5 * ((z1 + 2) / 0.6) ** 2)
+        return 0.5 * ((z.norm(dim=1) - 2) / 0.4) ** 2 - bumps
+    if name == "U2":
+        return 0.5 * ((z2 - w1) / 0.4) ** 2 + z1**2 / 8
+    if name == "U3":
+        w2 = 3 * torch.exp(-0.5 * ((z1 - 1) / 0.6) ** 2)
+        waves = torch.logaddexp(-0.5 * ((z2 - w1) / 0.35) ** 2,
+                                -0.5 * ((z2 - w1 + w2) / 0.35) ** 2)
+        return -waves + z1**2 / 8
+    raise ValueError(f"unknown energy {name!r}: expected 'U1', 'U2' or 'U3'")
+
+
+def log_Z_quadrature(energy, lim: float = 8.0, n: int = 800) -> float:
+    """log of the integral of exp(-U(z)) over [-lim, lim]^2 by the midpoint rule.
+
+    Defined in book/01_flows.md, section "Flows as variational families".
+    """
+    edges = torch.linspace(-lim, lim, n + 1, dtype=torch.float64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    z1, z2 = torch.meshgrid(centres, centres, indexing="xy")
+    z = torch.stack([z1.reshape(-1), z2.reshape(-1)], 1)
+    return (torch.logsumexp(-energy(z), 0) + 2 * math.log(2 * lim / n)).item()
+
+
+def reverse_kl_terms(flow, energy, n_samples: int):
+    """Samples z = g(eps) of the flow q and log q(z) + U(z) for each, (S, D) and (S,).
+
+    The mean of the second estimates KL(q || p) - log Z for p(z) = exp(-U(z)) / Z (eq.
+    flow-reverse-kl). Only the generative direction g (the layers' inverse) runs.
+    Defined in book/01_flows.md, section "Flows as variational families".
+    """
+    if not (isinstance(n_samples, int) and n_samples > 0):
+        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    p = next(flow.parameters(), None)
+    eps = torch.randn(n_samples, flow.dim, device=p.device if p is not None else "cpu")
+    z, log_det = flow.inverse(eps)  # z = g(eps) and log|det dg/deps|
+    log_q0 = -0.5 * (eps**2).sum(1) - 0.5 * flow.dim * math.log(2 * math.pi)
+    u = energy(z)
+    if u.shape != (n_samples,):
+        raise ValueError(f"energy(z) must have shape ({n_samples},), "
+                         f"got {tuple(u.shape)}")
+    return z, log_q0 - log_det + u
+
+
+def fit_reverse_kl(flow, energy, steps: int = 1000, n_samples: int = 256,
+                   lr: float = 1e-2, seed: int = 0) -> list[float]:
+    """Fit the flow q to p = exp(-U) / Z by minimizing KL(q || p) - log Z with Adam.
+
+    Each step draws n_samples fresh samples (reparameterized: the gradient flows through
+    z = g(eps)); returns the loss of each step in nats.
+    Defined in book/01_flows.md, section "Flows as variational families".
+    """
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(flow.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = reverse_kl_terms(flow, energy, n_samples)[1].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def vi_flow(family: str, K: int, dim: int = 2, hidden: int = 32) -> Flow:
+    """K planar layers, or K IAF layers each followed by reversing the coordinates.
+
+    Defined in book/01_flows.md, section "Flows as variational families".
+    """
+    if family == "planar":
+        return Flow([Planar(dim) for _ in range(K)], dim)
+    if family == "iaf":
+        reverse = list(range(dim))[::-1]
+        layers = [m for _ in range(K) for m in (IAF(dim, hidden), Permutation(reverse))]
+        return Flow(layers, dim)
+    raise ValueError(f"unknown family {family!r}: expected 'planar' or 'iaf'")
+
+
+class ResidualBlock(nn.Module):
+    """Residual flow layer z = x + g(x), Lip(g) <= c^2 < 1 (i-ResNet), direction x -> z.
+
+    g = W_2 elu(W_1 x + b_1) + b_2, each W_l rescaled to spectral norm c (elu is
+    1-Lipschitz). forward(x) returns z and an *estimate* of log|det(I + J_g(x))|: the
+    power series cut after `terms` terms, each trace by Hutchinson's estimator with one
+    Gaussian probe per example. inverse(z) iterates x <- z - g(x) (Banach fixed point).
+    Section "Residual flows" of the flows chapter (eq. residual-series).
+    Defined in book/01_flows.md, section "Residual flows".
+    """
+
+    def __init__(self, dim: int, hidden: int = 32, c: float = 0.9, terms: int = 8):
+        super().__init__()
+        if not 0 < c < 1:
+            raise ValueError(f"c must lie in (0, 1) for an invertible block, got {c}")
+        self.dim, self.c, self.terms = dim, c, terms
+        self.linears = nn.ModuleList([nn.Linear(dim, hidden), nn.Linear(hidden, dim)])
+
+    def g(self, x):
+        for l, linear in enumerate(self.linears):
+            W = self.c * linear.weight / torch.linalg.matrix_norm(linear.weight, ord=2)
+            x = F.linear(x, W, linear.bias)
+            x = F.elu(x) if l == 0 else x
+        return x
+
+    def log_abs_det(self, x, terms: int | None = None, v=None):
+        """g(x) and sum over k <= terms of (-1)^(k+1) v^T J_g^k v / k, (n, D) and (n,).
+
+        v: probes of shape (n, D), standard normal by default; term k takes k
+        vector-Jacobian products v^T J_g^k and never forms J_g.
+        """
+        x = data.check_points(x, self.dim)
+        terms = self.terms if terms is None else terms
+        v = torch.randn_like(x) if v is None else v
+        if v.shape != x.shape:
+            raise ValueError(f"probes v must have the shape of x, {tuple(x.shape)}, "
+                             f"got {tuple(v.shape)}")
+        with torch.enable_grad():
+            x = x if x.requires_grad else x.detach().requires_grad_(True)
+            gx = self.g(x)
+            vJk, log_det = v, x.new_zeros(len(x))
+            for k in range(1, terms + 1):
+                vJk = torch.autograd.grad(gx, x, vJk, create_graph=True)[0]  # v^T J_g^k
+                log_det = log_det + (-1) ** (k + 1) * (vJk * v).sum(1) / k
+        return gx, log_det
+
+    def forward(self, x):
+        gx, log_det = self.log_abs_det(x)
+        return x + gx, log_det
+
+    def inverse(self, z, iters: int = 100):
+        x = z
+        with torch.no_grad():
+            for _ in range(iters):
+                x = z - self.g(x)  # the fixed-point iteration x <- T(x)
+        return x, -self.log_abs_det(x)[1]

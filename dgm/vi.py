@@ -1,4 +1,4 @@
-"""Variational inference: the Gaussian KL, the linear Gaussian model, CAVI, gradient estimators, black-box VI, HMC, encoders.
+"""Variational inference: the Gaussian KL, alpha-divergences, the linear Gaussian model, EM for Gaussian mixtures, CAVI, gradient estimators (Gumbel-softmax too), black-box and stochastic VI, HMC, encoders.
 
 Generated from book/02_vi.md by tools/export.py: do not edit. Change the chapter's cells
 marked #@save and run `make notebooks`.

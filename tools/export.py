@@ -29,7 +29,7 @@ MARK = "#@save"
 #: chapter source -> (module path, one-line module description)
 EXPORTS: dict[str, tuple[str, str]] = {
     "book/01_flows.md": ("dgm/flows.py", "Normalizing flows: layers with forward/inverse and log-determinants, and flow models."),
-    "book/02_vi.md": ("dgm/vi.py", "Variational inference: the Gaussian KL, the linear Gaussian model, CAVI, gradient estimators, black-box VI, HMC, encoders."),
+    "book/02_vi.md": ("dgm/vi.py", "Variational inference: the Gaussian KL, alpha-divergences, the linear Gaussian model, EM for Gaussian mixtures, CAVI, gradient estimators (Gumbel-softmax too), black-box and stochastic VI, HMC, encoders."),
     "book/03_vae.md": ("dgm/vae.py", "Variational autoencoders: discretized logistic likelihood, the VAE for the digits, its training loss."),
     "book/04_gans.md": ("dgm/gans.py", "Generative adversarial networks: the GAN losses, MLP generator and discriminator, gradient penalties, the training loop."),
     "book/05_diffusion.md": ("dgm/diffusion.py", "Denoising diffusion: schedules, the forward process and its posterior, samplers (DDPM, DDIM), Langevin dynamics, the digits DDPM with a valid likelihood bound."),

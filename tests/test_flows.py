@@ -291,3 +291,14 @@ def test_hutchinson_estimate_is_unbiased_within_five_standard_errors():
     _, estimates = block.log_abs_det(x.expand(S, 5), terms=6)
     mean, se = estimates.mean().item(), estimates.std().item() / math.sqrt(S)
     assert abs(mean - target) < 5 * se, (mean, target, se)
+
+
+def test_lu_linear_identity_start_is_the_identity():
+    from dgm.flows import LULinear
+
+    layer = LULinear(5, init="identity")
+    x = torch.randn(3, 5)
+    z, log_det = layer(x)
+    assert torch.equal(z, x) and torch.equal(log_det, torch.zeros(3))
+    with pytest.raises(ValueError, match="init"):
+        LULinear(5, init="random")

@@ -74,21 +74,27 @@ def check_layer(layer, x, atol: float = 1e-4):
 
 
 class Planar(nn.Module):
-    """Planar flow g(z) = z + u_hat tanh(w^T z + b) (generative direction), invertible by construction.
+    """Planar flow g(z) = z + u_hat tanh(w^T z + b) (generative), invertible by construction.
 
-    forward(x) solves g(z) = x by bisection on the scalar eta = w^T z; inverse(z) is the closed form.
+    forward(x) solves g(z) = x by bisection on the scalar eta = w^T z; inverse(z) is the
+    closed form.
     Defined in book/01_flows.md, section "Planar and radial flows".
     """
 
     def __init__(self, dim: int, u=None, w=None, b: float = 0.0):
         super().__init__()
-        self.u = nn.Parameter(torch.randn(dim) * 0.1 if u is None else torch.as_tensor(u, dtype=torch.float32))
-        self.w = nn.Parameter(torch.randn(dim) * 0.1 if w is None else torch.as_tensor(w, dtype=torch.float32))
+        def start(v):  # a small random vector, or the given one
+            if v is None:
+                return torch.randn(dim) * 0.1
+            return torch.as_tensor(v, dtype=torch.float32)
+
+        self.u, self.w = nn.Parameter(start(u)), nn.Parameter(start(w))
         self.b = nn.Parameter(torch.tensor(float(b)))
 
     def u_hat(self):
         wu = self.w @ self.u
-        m = -1 + 1e-4 + F.softplus(wu)  # m(w^T u) > -1, with a margin that survives float32 rounding
+        # m(w^T u) > -1, with a margin that survives float32 rounding
+        m = -1 + 1e-4 + F.softplus(wu)
         return self.u + (m - wu) * self.w / (self.w @ self.w)
 
     def inverse(self, z):  # z -> x = g(z), log|det dg/dz|
@@ -99,13 +105,14 @@ class Planar(nn.Module):
     def forward(self, x, iters: int = 60):  # x -> z = g^{-1}(x), log|det dg^{-1}/dx|
         u = self.u_hat()
         wu, target = self.w @ u, x @ self.w
-        lo, hi = target - wu.abs() - 1e-3, target + wu.abs() + 1e-3  # eta lies in between
+        # eta lies in between
+        lo, hi = target - wu.abs() - 1e-3, target + wu.abs() + 1e-3
         lo, hi = lo.detach(), hi.detach()
         for _ in range(iters):
             mid = (lo + hi) / 2
             too_big = mid + wu * torch.tanh(mid + self.b) > target
             lo, hi = torch.where(too_big, lo, mid), torch.where(too_big, mid, hi)
-        # one Newton step from the (detached) root makes eta differentiable in x, u, w, b
+        # one Newton step from the (detached) root: eta becomes differentiable in x, u, w, b
         eta = ((lo + hi) / 2).detach()
         slope = 1 + wu * (1 - torch.tanh(eta + self.b) ** 2)
         eta = eta - (eta + wu * torch.tanh(eta + self.b) - target) / slope

@@ -116,8 +116,8 @@ def alpha_divergence(log_p, log_q, dz: float, alpha: float):
 
     log_p, log_q: log-densities at grid points of spacing dz, shapes broadcasting to
     (..., G); the integral is a sum over the last dimension. alpha = 0 and alpha = 1
-    give the limits KL(q || p) and KL(p || q), as int p log(p / q) - p + q (the KL if
-    p and q are normalized).
+    give the limits KL(q || p) and KL(p || q), as int q log(q / p) - q + p and
+    int p log(p / q) - p + q (the KLs if p and q are normalized).
     Defined in book/02_vi.md, section "α-divergences and expectation propagation".
     """
     for name, t in (("log_p", log_p), ("log_q", log_q)):

@@ -74,7 +74,7 @@ def check_layer(layer, x, atol: float = 1e-4):
 
 
 class Planar(nn.Module):
-    """Planar flow g(z) = z + u_hat tanh(w^T z + b) (generative), invertible by construction.
+    """Planar flow g(z) = z + u_hat tanh(w^T z + b), invertible by construction.
 
     forward(x) solves g(z) = x by bisection on the scalar eta = w^T z; inverse(z) is the
     closed form.
@@ -112,7 +112,7 @@ class Planar(nn.Module):
             mid = (lo + hi) / 2
             too_big = mid + wu * torch.tanh(mid + self.b) > target
             lo, hi = torch.where(too_big, lo, mid), torch.where(too_big, mid, hi)
-        # one Newton step from the (detached) root: eta becomes differentiable in x, u, w, b
+        # a Newton step from the detached root makes eta differentiable in x, u, w, b
         eta = ((lo + hi) / 2).detach()
         slope = 1 + wu * (1 - torch.tanh(eta + self.b) ** 2)
         eta = eta - (eta + wu * torch.tanh(eta + self.b) - target) / slope
@@ -375,19 +375,19 @@ class IAF(nn.Module):
 
 
 def rq_spline(x, widths, heights, slopes, bound: float, inverse: bool = False):
-    """Monotone rational-quadratic spline on [-L, L], L = bound; identity outside.
+    """Monotone rational-quadratic spline on [-M, M], M = bound; identity outside.
 
-    widths, heights: (..., J) positive, each summing to 2 L (the bin widths Delta xi_k
+    widths, heights: (..., J) positive, each summing to 2 M (the bin widths Delta xi_k
     and heights Delta eta_k); slopes: (..., J + 1) positive knot derivatives delta_k.
     Returns y and log|dy/dx| (inverse=True: x from y, and log|dx/dy|), shaped like x.
     Defined in book/01_flows.md, section "Spline flows".
     """
-    L = bound
-    inside = (x > -L) & (x < L)
-    xi = F.pad(torch.cumsum(widths, -1), (1, 0)) - L  # knots xi_k, eta_k: (..., J + 1)
-    eta = F.pad(torch.cumsum(heights, -1), (1, 0)) - L
+    M = bound
+    inside = (x > -M) & (x < M)
+    xi = F.pad(torch.cumsum(widths, -1), (1, 0)) - M  # knots xi_k, eta_k: (..., J + 1)
+    eta = F.pad(torch.cumsum(heights, -1), (1, 0)) - M
     knots = eta if inverse else xi
-    k = torch.searchsorted(knots[..., 1:-1].contiguous(), x.clamp(-L, L)[..., None])
+    k = torch.searchsorted(knots[..., 1:-1].contiguous(), x.clamp(-M, M)[..., None])
     k = k.clamp(max=widths.shape[-1] - 1)
     pick = lambda t: t.gather(-1, k)[..., 0]  # noqa: E731 - the value of bin k
     xi_k, eta_k, d_xi, d_eta = pick(xi), pick(eta), pick(widths), pick(heights)
@@ -416,7 +416,7 @@ def rq_spline(x, widths, heights, slopes, bound: float, inverse: bool = False):
 class SplineCoupling(nn.Module):
     """Coupling layer: each coordinate in B goes through a rational-quadratic spline.
 
-    The spline has `bins` = J bins on [-L, L], L = bound; the network sees x_A only.
+    The spline has `bins` = J bins on [-M, M], M = bound; the network sees x_A only.
     Defined in book/01_flows.md, section "Spline flows".
     """
 

@@ -152,14 +152,16 @@ def linear_gaussian_elbo(model, x, m, logvar):
     return reconstruction - kl_diag_gaussians(m, logvar, zero, zero)
 
 
+def _kind(x):  # what a wrong argument is, for error messages
+    if isinstance(x, torch.Tensor):
+        return f"{x.dtype} tensor of shape {tuple(x.shape)}"
+    return type(x).__name__
+
+
 def _check_1d(x, what: str = "x"):
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim != 1:
-        got = (
-            f"{x.dtype} tensor of shape {tuple(x.shape)}"
-            if isinstance(x, torch.Tensor)
-            else type(x).__name__
-        )
-        raise ValueError(f"{what} must be a 1D float tensor of shape (n,), got {got}")
+        raise ValueError(
+            f"{what} must be a 1D float tensor of shape (n,), got {_kind(x)}")
     return x
 
 
@@ -381,12 +383,8 @@ def _check_logits(logits):
         or not logits.is_floating_point()
         or logits.ndim < 1
     ):
-        got = (
-            f"{logits.dtype} tensor of shape {tuple(logits.shape)}"
-            if isinstance(logits, torch.Tensor)
-            else type(logits).__name__
-        )
-        raise ValueError(f"logits must be a float tensor of shape (..., K), got {got}")
+        raise ValueError(
+            f"logits must be a float tensor of shape (..., K), got {_kind(logits)}")
     return logits
 
 

@@ -209,3 +209,26 @@ def test_slider_changes_the_picture(browser, site_url, page):
     assert slider.screenshot() != before_shot, "the picture on screen did not change"
     assert not errors, errors
     tab.context.close()
+
+
+@pytest.mark.parametrize("page", NOTEBOOK_PAGES)
+def test_code_cells_fit_the_column_at_1280_px(browser, site_url, page):
+    """The 88-character lines of tests/test_pages.py show whole, next to both sidebars."""
+    tab, _, _ = open_page(browser, site_url, page)
+    cut = tab.eval_on_selector_all(
+        "div.cell_input pre",
+        "pres => pres.filter(p => p.scrollWidth > p.clientWidth + 1)"
+        ".map(p => p.textContent.split('\\n').reduce((a, b) => b.length > a.length ? b : a))",
+    )
+    assert not cut, f"{page}: code cells that scroll sideways at 1280 px, longest lines: {cut}"
+    probe = tab.evaluate(
+        "() => { const pre = document.querySelector('div.cell_input pre');"
+        " if (!pre) return null; const s = document.createElement('span');"
+        " s.textContent = 'x'.repeat(88); pre.appendChild(s);"
+        " const w = s.getBoundingClientRect().width; s.remove();"
+        " const cs = getComputedStyle(pre);"
+        " return [w, pre.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight)]; }"
+    )
+    if probe is not None:
+        assert probe[0] <= probe[1], f"{page}: 88 characters need {probe[0]:.0f} px, the column has {probe[1]:.0f}"
+    tab.context.close()

@@ -14,7 +14,7 @@ import jupytext
 import pytest
 import torch
 
-from dgm.exercises import FAILED, report
+from dgm.exercises import FAILED, PASSED, report
 from tools import twins
 
 
@@ -167,6 +167,109 @@ def _frechet_means_only(mu_a, S_a, mu_b, S_b):
     return ((mu_a - mu_b) ** 2).sum().item()
 
 
+def _reparam_sigma_detached(mu, sigma, eps):
+    """sigma left a plain number: autograd gives no dF/dsigma (reported as 0)."""
+    m = torch.tensor(float(mu), dtype=eps.dtype, requires_grad=True)
+    (d_mu,) = torch.autograd.grad(torch.sin(m + sigma * eps).mean(), [m])
+    return d_mu.item(), 0.0
+
+
+def _reparam_sum(mu, sigma, eps):
+    """The sum over the S samples instead of their mean."""
+    m = torch.tensor(float(mu), dtype=eps.dtype, requires_grad=True)
+    s = torch.tensor(float(sigma), dtype=eps.dtype, requires_grad=True)
+    d_mu, d_sigma = torch.autograd.grad(torch.sin(m + s * eps).sum(), [m, s])
+    return d_mu.item(), d_sigma.item()
+
+
+def _reparam_by_hand(mu, sigma, eps):
+    """Correct: the pathwise derivatives (cos z, eps cos z) written out, no autograd."""
+    z = mu + sigma * eps
+    return torch.cos(z).mean().item(), (eps * torch.cos(z)).mean().item()
+
+
+def _ns_where_unclamped(a):
+    """torch.where over unclamped branches: the unused exp(1000) makes the gradient NaN."""
+    return torch.where(a >= 0, torch.log1p(torch.exp(-a)), -a + torch.log1p(torch.exp(a))).mean()
+
+
+def _ns_max_detached(a):
+    """The right value, but max(-a, 0) detached: rejected samples get no gradient."""
+    return ((-a).clamp(min=0).detach() + torch.log1p(torch.exp(-a.abs()))).mean()
+
+
+def _ns_sign_flipped(a):
+    """max(a, 0) + log(1 + e^{-|a|}) = -log sigmoid(-a), the loss of the other class."""
+    return (a.clamp(min=0) + torch.log1p(torch.exp(-a.abs()))).mean()
+
+
+def _ns_sum(a):
+    """The sum over the batch instead of the mean."""
+    return (torch.relu(-a) + torch.log1p(torch.exp(-a.abs()))).sum()
+
+
+def _ns_overflow(a):
+    """log(1 + e^{-a}) as written: e^{1000} overflows to inf."""
+    return torch.log1p(torch.exp(-a)).mean()
+
+
+def _ns_kink(max_part):
+    """Correct: max(-a, 0) + log(1 + e^{-|a|}) with max(-a, 0) coded by max_part."""
+    def ns_loss(a):
+        return (max_part(a) + torch.log1p(torch.exp(-a.abs()))).mean()
+    ns_loss.__name__ = f"_ns_kink_{max_part.__name__}"
+    return ns_loss
+
+
+def relu(a):  # autograd gives d/da relu(-a) = 0 at a = 0
+    return torch.relu(-a)
+
+
+def clamp(a):  # -1 at a = 0
+    return (-a).clamp(min=0)
+
+
+def maximum(a):  # -1/2 at a = 0
+    return torch.maximum(-a, torch.zeros_like(a))
+
+
+def _ns_softplus(a):
+    """Correct (the sheet asks not to use it, but the check cannot tell)."""
+    return torch.nn.functional.softplus(-a).mean()
+
+
+def _frechet_elementwise_sqrt(mu_a, S_a, mu_b, S_b):
+    """torch.sqrt of the matrix entries taken as the matrix square root."""
+    root_a = S_a.clamp(min=0).sqrt()
+    cross = (root_a @ S_b @ root_a).clamp(min=0).sqrt()
+    return (((mu_a - mu_b) ** 2).sum() + torch.trace(S_a + S_b - 2 * cross)).item()
+
+
+def _sqrt_psd(S):
+    evals, evecs = torch.linalg.eigh((S + S.T) / 2)
+    return (evecs * evals.clamp(min=0).sqrt()) @ evecs.T
+
+
+def _frechet_commuting_formula(mu_a, S_a, mu_b, S_b):
+    """||S_a^1/2 - S_b^1/2||_F^2, right only when the covariances commute."""
+    diff = _sqrt_psd(S_a) - _sqrt_psd(S_b)
+    return (((mu_a - mu_b) ** 2).sum() + (diff**2).sum()).item()
+
+
+def _frechet_no_clamp(mu_a, S_a, mu_b, S_b):
+    """Eigenvalue roots without clamping: NaN for singular covariances."""
+    evals, evecs = torch.linalg.eigh(S_a)
+    root_a = (evecs * evals.sqrt()) @ evecs.T
+    cross = torch.linalg.eigvalsh(root_a @ S_b @ root_a).sqrt().sum()
+    return (((mu_a - mu_b) ** 2).sum() + torch.trace(S_a) + torch.trace(S_b) - 2 * cross).item()
+
+
+def _frechet_product_eigenvalues(mu_a, S_a, mu_b, S_b):
+    """Correct: tr (S_a^1/2 S_b S_a^1/2)^1/2 = sum of the roots of the eigenvalues of S_a S_b."""
+    cross = torch.linalg.eigvals(S_a @ S_b).real.clamp(min=0).sqrt().sum()
+    return (((mu_a - mu_b) ** 2).sum() + torch.trace(S_a) + torch.trace(S_b) - 2 * cross).item()
+
+
 def _posterior_beta_variance(betas, t, x0, xt):
     ab = torch.cumprod(1 - betas, 0)
     ab_t, ab_prev, beta = ab[t - 1], (ab[t - 2] if t > 1 else torch.ones((), dtype=betas.dtype)), betas[t - 1]
@@ -203,12 +306,37 @@ WRONG = {
         (_gmm_phi_without_variance, _elbo_gmm), (_gmm_no_prior_precision, _elbo_gmm),
         _gmm(_elbo_gmm_no_variance), _gmm(_elbo_gmm_no_entropy)],
     ("sheet02_vi.md", "check_sample_kumaraswamy"): [_kumaraswamy_ignores_u, _kumaraswamy_swapped],
-    ("sheet03_vae_gans.md", "check_reparam_grad"): [_reparam_score_function, _reparam_no_chain_rule],
-    ("sheet03_vae_gans.md", "check_ns_loss"): [_ns_naive, _ns_saturating],
-    ("sheet03_vae_gans.md", "check_frechet_gaussians"): [_frechet_no_sqrt, _frechet_means_only],
+    ("sheet03_vae_gans.md", "check_reparam_grad"): [
+        _reparam_score_function, _reparam_no_chain_rule, _reparam_sigma_detached, _reparam_sum],
+    ("sheet03_vae_gans.md", "check_ns_loss"): [
+        _ns_naive, _ns_saturating, _ns_where_unclamped, _ns_max_detached, _ns_sign_flipped,
+        _ns_sum, _ns_overflow],
+    ("sheet03_vae_gans.md", "check_frechet_gaussians"): [
+        _frechet_no_sqrt, _frechet_means_only, _frechet_elementwise_sqrt,
+        _frechet_commuting_formula, _frechet_no_clamp],
     ("sheet04_diffusion.md", "check_forward_posterior"): [_posterior_beta_variance, _posterior_off_by_one],
     ("sheet04_diffusion.md", "check_ddim_step"): [_ddim_ancestral_mean, _ddim_eps_at_old_level],
 }
+
+
+# Correct implementations other than the sheet's own, which the check must accept: a check
+# that demands one convention (autograd's value at a kink) would fail a right answer.
+RIGHT = {
+    ("sheet03_vae_gans.md", "check_reparam_grad"): [_reparam_by_hand],
+    ("sheet03_vae_gans.md", "check_ns_loss"): [
+        _ns_kink(relu), _ns_kink(clamp), _ns_kink(maximum), _ns_softplus],
+    ("sheet03_vae_gans.md", "check_frechet_gaussians"): [_frechet_product_eigenvalues],
+}
+
+
+@pytest.mark.parametrize("sheet, check", sorted(RIGHT), ids=lambda v: str(v))
+def test_check_accepts_other_correct_answers(sheet, check, capsys):
+    ns = _checks(sheet)
+    for right in RIGHT[sheet, check]:
+        args = right if isinstance(right, tuple) else (right,)
+        names = ", ".join(a.__name__ for a in args)
+        assert report(check, ns[check], *args) == PASSED, f"{check} rejects {names}: {capsys.readouterr().out}"
+    capsys.readouterr()
 
 
 def test_every_coding_exercise_has_wrong_answers():

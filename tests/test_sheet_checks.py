@@ -151,6 +151,78 @@ def _reparam_no_chain_rule(mu, sigma, eps):
     return torch.cos(z).mean().item(), torch.cos(z).mean().item()
 
 
+def _vq(z_e, codebook, beta, straight_through=True, sg_commit=True, sg_codebook=True,
+        reduce=torch.mean, swap_weights=False, nearest="euclidean"):
+    """Vector quantization with one of the mistakes below switched on."""
+    if nearest == "euclidean":
+        c = torch.cdist(z_e, codebook).argmin(dim=1)
+    else:  # the largest inner product, which is not the nearest code
+        c = (z_e @ codebook.T).argmax(dim=1)
+    z_q = codebook[c]
+    codebook_loss = reduce(((z_e.detach() if sg_codebook else z_e) - z_q).pow(2).sum(1))
+    commitment = reduce((z_e - (z_q.detach() if sg_commit else z_q)).pow(2).sum(1))
+    w_codebook, w_commit = (beta, 1.0) if swap_weights else (1.0, beta)
+    z_in = z_e + (z_q - z_e).detach() if straight_through else z_q
+    return z_in, c, w_codebook * codebook_loss + w_commit * commitment
+
+
+def _vq_no_straight_through(z_e, codebook, beta):
+    """The decoder fed z_q itself: the encoder gets no reconstruction gradient."""
+    return _vq(z_e, codebook, beta, straight_through=False)
+
+
+def _vq_commitment_not_detached(z_e, codebook, beta):
+    """The commitment term also pulls the code: beta (e_c - z_e) reaches the codebook."""
+    return _vq(z_e, codebook, beta, sg_commit=False)
+
+
+def _vq_codebook_not_detached(z_e, codebook, beta):
+    """The codebook term also pulls the encoder."""
+    return _vq(z_e, codebook, beta, sg_codebook=False)
+
+
+def _vq_weights_swapped(z_e, codebook, beta):
+    """beta on the codebook term and 1 on the commitment: the same value, other gradients."""
+    return _vq(z_e, codebook, beta, swap_weights=True)
+
+
+def _vq_sum(z_e, codebook, beta):
+    """The sum over the batch instead of the mean."""
+    return _vq(z_e, codebook, beta, reduce=torch.sum)
+
+
+def _vq_inner_product(z_e, codebook, beta):
+    """The code with the largest inner product taken as the nearest."""
+    return _vq(z_e, codebook, beta, nearest="inner product")
+
+
+def _vq_straight_through(z_q, z_e):
+    return z_q + (z_e - z_e.detach())
+
+
+def _vq_straight_through_detached(z_q, z_e):
+    return z_q.detach() + (z_e - z_e.detach())
+
+
+def _vq_other_form(straight_through):
+    """z_q + (z_e - sg[z_e]) as the decoder input (mse_loss for the two terms)."""
+    def vq_quantize(z_e, codebook, beta):
+        c = ((z_e[:, None] - codebook[None]) ** 2).sum(2).argmin(1)
+        z_q = codebook[c]
+        mse = torch.nn.functional.mse_loss
+        loss = (mse(z_q, z_e.detach(), reduction="sum")
+                + beta * mse(z_e, z_q.detach(), reduction="sum")) / len(z_e)
+        return straight_through(z_q, z_e), c, loss
+    vq_quantize.__name__ = f"_vq_other_form{straight_through.__name__}"
+    return vq_quantize
+
+
+# wrong: z_q keeps its graph, so the reconstruction gradient also reaches the codebook
+_vq_reconstruction_moves_codes = _vq_other_form(_vq_straight_through)
+# correct: the same forward value and straight-through copy, with sg[z_q]
+_vq_other_straight_through = _vq_other_form(_vq_straight_through_detached)
+
+
 def _ns_naive(a):
     return -torch.log(torch.sigmoid(a)).mean()
 
@@ -308,6 +380,9 @@ WRONG = {
     ("sheet02_vi.md", "check_sample_kumaraswamy"): [_kumaraswamy_ignores_u, _kumaraswamy_swapped],
     ("sheet03_vae_gans.md", "check_reparam_grad"): [
         _reparam_score_function, _reparam_no_chain_rule, _reparam_sigma_detached, _reparam_sum],
+    ("sheet03_vae_gans.md", "check_vq_quantize"): [
+        _vq_no_straight_through, _vq_commitment_not_detached, _vq_codebook_not_detached,
+        _vq_weights_swapped, _vq_sum, _vq_inner_product, _vq_reconstruction_moves_codes],
     ("sheet03_vae_gans.md", "check_ns_loss"): [
         _ns_naive, _ns_saturating, _ns_where_unclamped, _ns_max_detached, _ns_sign_flipped,
         _ns_sum, _ns_overflow],
@@ -323,6 +398,7 @@ WRONG = {
 # that demands one convention (autograd's value at a kink) would fail a right answer.
 RIGHT = {
     ("sheet03_vae_gans.md", "check_reparam_grad"): [_reparam_by_hand],
+    ("sheet03_vae_gans.md", "check_vq_quantize"): [_vq_other_straight_through],
     ("sheet03_vae_gans.md", "check_ns_loss"): [
         _ns_kink(relu), _ns_kink(clamp), _ns_kink(maximum), _ns_softplus],
     ("sheet03_vae_gans.md", "check_frechet_gaussians"): [_frechet_product_eigenvalues],

@@ -119,3 +119,41 @@ def test_train_gan_options_and_errors():
         train_gan(G, D, x, 5, loss="hinge")
     with pytest.raises(ValueError, match="same length"):
         train_gan(G, D, x, 5, y=torch.zeros(10, dtype=torch.long))
+
+
+def test_generator_losses_against_optimal_d_descend_their_divergences():
+    """Against D* of p_G(theta0), held fixed, at theta0 (Arjovsky & Bottou 2017): the gradient
+    of the non-saturating loss is that of KL(p_G || p_data) - 2 JS, and the gradient of the
+    minimax loss E log(1 - D*) that of 2 JS.
+
+    p_data = N(0, 1), G_theta(z) = z + theta. E_z is a mean over the n quantiles
+    z_i = Phi^-1((i + 1/2) / n) (nearly exact); KL and JS by quadrature, float64.
+    """
+    n = 400_000
+    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    z = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0).icdf(u)
+    x = torch.linspace(-15, 20, 20_001, dtype=torch.float64)
+    dx = x[1] - x[0]
+    log_n = lambda v, mu: -0.5 * (v - mu) ** 2 - 0.5 * math.log(2 * math.pi)
+
+    def js(log_p, log_q):
+        log_m = torch.logaddexp(log_p, log_q) - math.log(2)
+        return 0.5 * ((log_p.exp() * (log_p - log_m)).sum() + (log_q.exp() * (log_q - log_m)).sum()) * dx
+
+    for theta0 in (0.3, 1.0, 2.5):
+        grads = {}
+        for kind in ("non-saturating", "minimax"):
+            th = torch.tensor(theta0, dtype=torch.float64, requires_grad=True)
+            a = -theta0 * (z + th) + theta0**2 / 2  # logit of D* at x = G_theta(z), theta0 fixed
+            (grads[kind],) = torch.autograd.grad(generator_loss(a, kind), th)
+        th = torch.tensor(theta0, dtype=torch.float64, requires_grad=True)
+        log_pg, log_pd = log_n(x, th), log_n(x, 0.0)
+        kl_rev = (log_pg.exp() * (log_pg - log_pd)).sum() * dx
+        (g_kl,) = torch.autograd.grad(kl_rev, th, retain_graph=True)
+        (g_js,) = torch.autograd.grad(js(log_pd, log_pg), th)
+        assert g_kl.item() == pytest.approx(theta0, rel=1e-6)  # KL(N(theta, 1) || N(0, 1)) = theta^2 / 2
+        assert grads["non-saturating"].item() == pytest.approx((g_kl - 2 * g_js).item(), rel=1e-4)
+        assert grads["minimax"].item() == pytest.approx(2 * g_js.item(), rel=1e-4)
+    # near p_G = p_data, JS ~ KL / 4 and the two gradients agree to first order; far from
+    # it they differ (the minimax one saturates)
+    assert grads["non-saturating"].item() > 5 * grads["minimax"].item()

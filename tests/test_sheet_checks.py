@@ -223,6 +223,51 @@ _vq_reconstruction_moves_codes = _vq_other_form(_vq_straight_through)
 _vq_other_straight_through = _vq_other_form(_vq_straight_through_detached)
 
 
+def _kid(X, Y, diagonal=False, norm="unbiased", scale=True, cross=2.0, same_n=False):
+    """The MMD^2 estimate with the cubic kernel, with one of the mistakes below switched on."""
+    d_f = X.shape[1] if scale else 1.0
+    kernel = lambda U, V: (U @ V.T / d_f + 1) ** 3
+    terms = []
+    for K in (kernel(X, X), kernel(Y, Y)):
+        n = len(X) if same_n else len(K)
+        total = K.sum() if diagonal else K.sum() - K.trace()
+        terms.append(total / (n * (n - 1) if norm == "unbiased" else n * n))
+    return (terms[0] + terms[1] - cross * kernel(X, Y).mean()).item()
+
+
+def _kid_v_statistic(X, Y):
+    """The plug-in estimate: diagonals kept, divided by n^2."""
+    return _kid(X, Y, diagonal=True, norm="plug-in")
+
+
+def _kid_diagonal_kept(X, Y):
+    """The diagonals kept but divided by n(n - 1)."""
+    return _kid(X, Y, diagonal=True)
+
+
+def _kid_no_feature_scaling(X, Y):
+    """The kernel (u.v + 1)^3, without the division by d_f."""
+    return _kid(X, Y, scale=False)
+
+
+def _kid_cross_once(X, Y):
+    """The cross term without its factor 2."""
+    return _kid(X, Y, cross=1.0)
+
+
+def _kid_one_set_size(X, Y):
+    """n_a used for both sets: wrong when the sizes differ."""
+    return _kid(X, Y, same_n=True)
+
+
+def _kid_masked(X, Y):
+    """Correct: the off-diagonal entries selected with a mask."""
+    d_f = X.shape[1]
+    kernel = lambda U, V: (U @ V.T / d_f + 1) ** 3
+    off = lambda K: K[~torch.eye(len(K), dtype=torch.bool)].mean()
+    return (off(kernel(X, X)) + off(kernel(Y, Y)) - 2 * kernel(X, Y).mean()).item()
+
+
 def _ns_naive(a):
     return -torch.log(torch.sigmoid(a)).mean()
 
@@ -389,6 +434,9 @@ WRONG = {
     ("sheet03_vae_gans.md", "check_frechet_gaussians"): [
         _frechet_no_sqrt, _frechet_means_only, _frechet_elementwise_sqrt,
         _frechet_commuting_formula, _frechet_no_clamp],
+    ("sheet03_vae_gans.md", "check_kid"): [
+        _kid_v_statistic, _kid_diagonal_kept, _kid_no_feature_scaling, _kid_cross_once,
+        _kid_one_set_size],
     ("sheet04_diffusion.md", "check_forward_posterior"): [_posterior_beta_variance, _posterior_off_by_one],
     ("sheet04_diffusion.md", "check_ddim_step"): [_ddim_ancestral_mean, _ddim_eps_at_old_level],
 }
@@ -399,6 +447,7 @@ WRONG = {
 RIGHT = {
     ("sheet03_vae_gans.md", "check_reparam_grad"): [_reparam_by_hand],
     ("sheet03_vae_gans.md", "check_vq_quantize"): [_vq_other_straight_through],
+    ("sheet03_vae_gans.md", "check_kid"): [_kid_masked],
     ("sheet03_vae_gans.md", "check_ns_loss"): [
         _ns_kink(relu), _ns_kink(clamp), _ns_kink(maximum), _ns_softplus],
     ("sheet03_vae_gans.md", "check_frechet_gaussians"): [_frechet_product_eigenvalues],

@@ -125,7 +125,10 @@ class VAE(nn.Module):
         mu, logvar = self.encode(x)
         z = reparameterize(mu, logvar)
         zero = torch.zeros_like(mu)
-        if per_dim:  # each dimension as its own one-dimensional Gaussian
+        # KL of a diagonal Gaussian is a sum over dimensions; with per_dim=True each
+        # dimension j is passed as its own 1-D Gaussian (a trailing axis of size 1),
+        # so kl_diag_gaussians returns the summands KL(q_j || N(0, 1)), shape (n, z_dim)
+        if per_dim:
             return self.log_lik(x, z), kl_diag_gaussians(
                 mu[..., None], logvar[..., None], zero[..., None], zero[..., None])
         return self.log_lik(x, z), kl_diag_gaussians(mu, logvar, zero, zero)

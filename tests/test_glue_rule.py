@@ -22,8 +22,6 @@ PAGES = sorted([*ROOT.glob("book/*.md"), *ROOT.glob("exercises/sheet*.md"), *ROO
 ALLOWED = {
     ("book/00_intro.md", "0.15"): "the closeness threshold the experiment chooses (the same literal in its code)",
     ("book/02_vi.md", "0.05"): "the threshold that counts a correlation as non-negligible (its code's literal)",
-    ("book/03_vae.md", "1.5"): "the free-bits hyper-parameter of the experiment",
-    ("book/03_vae.md", "0.05"): "the threshold of an active latent dimension (its code's literal)",
     ("book/05_diffusion.md", "0.02"): "the noise level sigma_1 chosen for the experiment",
     ("book/course.md", "7.5"): "the course's bonus rule (dgm.grading defines it)",
     ("book/course.md", "22.5"): "the course's bonus rule",

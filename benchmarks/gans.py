@@ -11,9 +11,12 @@
   and spread over the seeds (target: the best variant covers 25/25 with >= 90 % high-quality
   samples on the majority of the seeds), and the samples of seed 0 during training.
 * **digits**: the Fréchet digits distance (dgm.metrics.frechet_digits_distance) to the test split
-  of 350 samples of a GAN, a class-conditional GAN and the VAE of chapter 3, next to 350 real
-  validation digits (the held-out floor), 350 real training digits, and a Gaussian fitted to the
-  training pixels (target: the GAN within 3x of the floor).
+  (447 digits) of 350 samples of a GAN, a class-conditional GAN and the VAE of chapter 3, with
+  KID, precision/recall and density/coverage on the same features (dgm.metrics.digits_scores).
+  Beside them: the **floor**, two disjoint random sets of real training digits of the same sizes
+  (350 and 447; 5 random partitions), which is what two samples of one distribution score;
+  350 real validation digits (other writers: a distribution shift, not a floor); 350 real
+  training digits against the test split; and a Gaussian fitted to the training pixels.
 """
 
 from __future__ import annotations
@@ -99,6 +102,7 @@ DIGITS_TRAIN = dict(r1=1.0, batch_size=128)
 DIGITS_STEPS = 6000
 DIGITS_SEEDS = [0, 1, 2]
 N_EVAL = 350  # the size of the validation split: every set compared with the test split has this size
+FLOOR_PARTITIONS = 5
 
 
 def digits_gan_run(args: tuple[str, int, int]) -> dict:
@@ -117,8 +121,8 @@ def digits_gan_run(args: tuple[str, int, int]) -> dict:
     torch.manual_seed(3000 + seed)
     labels = torch.arange(N_EVAL) % 10 if n_classes else None
     samples = G.sample(N_EVAL, labels)
-    out = {"variant": variant, "seed": seed, "fdd": metrics.frechet_digits_distance(samples, data.digits("test")),
-           "seconds": seconds, "parameters": sum(p.numel() for p in G.parameters())}
+    scores = metrics.digits_scores(samples, data.digits("test"))
+    out = {"variant": variant, "seed": seed, "fdd": scores["fdd"], "scores": scores, "seconds": seconds, "parameters": sum(p.numel() for p in G.parameters())}
     if n_classes:  # does the classifier read the digit the generator was asked for?
         out["label_accuracy"] = (metrics.digits_classifier()(samples).argmax(1) == labels).float().mean().item()
     print(f"digits {variant} seed {seed}: FDD {out['fdd']:.2f}, {seconds / 60:.1f} min", flush=True)
@@ -131,15 +135,17 @@ def digits_vae_run(args: tuple[int, int]) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from vae import train_vae  # the VAE benchmark's model and training, not a copy
 
-    model, hist = train_vae("logistic", seed, epochs)
+    config = json.loads((ROOT / "benchmarks" / "results" / "vae.json").read_text())["config"]  # selected on val
+    model, hist = train_vae("logistic", seed, epochs, config)
     model.eval()
     torch.manual_seed(3000 + seed)
     test = data.digits("test")
     samples = model.sample(N_EVAL)
     with torch.no_grad():
         means = model.decode_mean(torch.randn(N_EVAL, model.z_dim)).round().long()
-    out = {"seed": seed, "fdd": metrics.frechet_digits_distance(samples, test),
-           "fdd_decoder_means": metrics.frechet_digits_distance(means, test), "seconds": hist.seconds}
+    scores, means_scores = metrics.digits_scores(samples, test), metrics.digits_scores(means, test)
+    out = {"seed": seed, "fdd": scores["fdd"], "fdd_decoder_means": means_scores["fdd"], "scores": scores,
+           "scores_decoder_means": means_scores, "seconds": hist.seconds}
     print(f"digits VAE seed {seed}: FDD {out['fdd']:.2f} (decoder means {out['fdd_decoder_means']:.2f})", flush=True)
     return out
 
@@ -150,32 +156,48 @@ def digits_part(quick: bool, processes: int) -> dict:
     g = torch.Generator().manual_seed(0)
     train_subset = train[torch.randperm(len(train), generator=g)[:N_EVAL]]
     gauss_samples = metrics.pixel_gaussian_digits(train, N_EVAL)
-    rows = {
-        "real digits, validation split (held out: the floor)": metrics.frechet_digits_distance(data.digits("val"), test),
-        "real digits, training split": metrics.frechet_digits_distance(train_subset, test),
-        "Gaussian fitted to the training pixels": metrics.frechet_digits_distance(gauss_samples, test),
+    sets = {
+        "real digits of other writers (validation split)": data.digits("val"),
+        "real digits, training split": train_subset,
+        "Gaussian fitted to the training pixels": gauss_samples,
     }
+    baseline_scores = {name: metrics.digits_scores(x, test) for name, x in sets.items()}
+    rows = {name: s["fdd"] for name, s in baseline_scores.items()}
+    floor_runs = []  # two disjoint sets of one split (train) at the compared sizes: N_EVAL samples, len(test)
+    for r in range(FLOOR_PARTITIONS):
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(100 + r))
+        floor_runs.append(metrics.digits_scores(train[perm[:N_EVAL]], train[perm[N_EVAL:N_EVAL + len(test)]]))
+    floor = {"what": f"two disjoint random sets of training digits, {N_EVAL} and {len(test)}",
+             "partitions": FLOOR_PARTITIONS, "scores": {k: spread([f[k] for f in floor_runs]) for k in floor_runs[0]}}
     variants = ["GAN", "GAN, trained on ±1-pixel shifts", "conditional GAN"]
     with mp.get_context("spawn").Pool(processes) as pool:
-        gan_runs = pool.map(digits_gan_run, [(v, s, steps) for v in variants for s in seeds])
-        vae_runs = pool.map(digits_vae_run, [(s, epochs) for s in seeds])
+        gan_async = pool.map_async(digits_gan_run, [(v, s, steps) for v in variants for s in seeds], chunksize=1)
+        vae_async = pool.map_async(digits_vae_run, [(s, epochs) for s in seeds], chunksize=1)
+        gan_runs, vae_runs = gan_async.get(), vae_async.get()
     models = {}
     for v in variants:
         rs = [r for r in gan_runs if r["variant"] == v]
         models[v] = {"fdd": spread([r["fdd"] for r in rs]), "minutes_per_seed": statistics.mean(r["seconds"] for r in rs) / 60,
                      "parameters": rs[0]["parameters"], "runs": rs}
+        models[v]["scores"] = {k: spread([r["scores"][k] for r in rs]) for k in rs[0]["scores"]}
         if "label_accuracy" in rs[0]:
             models[v]["label_accuracy"] = spread([r["label_accuracy"] for r in rs])
     models["VAE (chapter 3), samples x ~ p(x | z)"] = {"fdd": spread([r["fdd"] for r in vae_runs]),
                                                        "minutes_per_seed": statistics.mean(r["seconds"] for r in vae_runs) / 60,
-                                                       "runs": vae_runs}
-    models["VAE (chapter 3), decoder means E[x | z], rounded"] = {"fdd": spread([r["fdd_decoder_means"] for r in vae_runs])}
+                                                       "runs": vae_runs,
+                                                       "scores": {k: spread([r["scores"][k] for r in vae_runs])
+                                                                  for k in vae_runs[0]["scores"]}}
+    models["VAE (chapter 3), decoder means E[x | z], rounded"] = {
+        "fdd": spread([r["fdd_decoder_means"] for r in vae_runs]),
+        "scores": {k: spread([r["scores_decoder_means"][k] for r in vae_runs]) for k in vae_runs[0]["scores"]}}
+    print(f"digits floor ({floor['what']}): FDD {floor['scores']['fdd']['mean']:.2f}")
     for name, value in rows.items():
         print(f"digits {name}: FDD {value:.2f}")
     for name, r in models.items():
         print(f"digits {name}: FDD {r['fdd']['mean']:.2f} ({r['fdd']['min']:.2f}..{r['fdd']['max']:.2f})", flush=True)
     return {"n": N_EVAL, "reference": "test split", "steps": steps, "seeds": seeds, "gan": DIGITS_GAN,
-            "train": DIGITS_TRAIN, "baselines": rows, "models": models}
+            "train": DIGITS_TRAIN, "floor": floor, "baselines": rows,
+            "baseline_scores": baseline_scores, "models": models}
 
 
 def main(argv=None) -> int:

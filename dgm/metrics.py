@@ -7,7 +7,14 @@ distance between two sets of features.
   to two feature matrices, the quantity behind FID;
 * :func:`frechet_digits_distance` is that distance in the feature space of a small digits
   classifier (:func:`digits_classifier`), trained on the train split in a few seconds: the
-  book's stand-in for FID, whose Inception network it cannot download.
+  book's stand-in for FID, whose Inception network it cannot download;
+* :func:`kernel_distance` is the unbiased estimate of the squared maximum mean discrepancy with
+  the cubic polynomial kernel, the quantity behind KID, and :func:`kernel_digits_distance` that
+  estimate on the digits features;
+* :func:`precision_recall` (k-nearest-neighbour manifold estimates) and
+  :func:`density_coverage` separate the two ways a model can miss: samples off the data
+  (precision, density) and data the samples miss (recall, coverage); :func:`digits_scores`
+  returns all of them for two sets of digits.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from torch import nn
 from . import data
 
 __all__ = ["mode_coverage", "frechet_distance", "DigitsClassifier", "digits_classifier", "digits_features",
-           "frechet_digits_distance", "pixel_gaussian_digits"]
+           "frechet_digits_distance", "pixel_gaussian_digits", "kernel_distance", "kernel_digits_distance",
+           "precision_recall", "density_coverage", "digits_scores"]
 
 
 def mode_coverage(x: torch.Tensor, toy_name: str, min_share: float = 0.25) -> tuple[int, float]:
@@ -51,6 +59,18 @@ def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
     return (evecs * evals.clamp(min=0).sqrt()) @ evecs.T
 
 
+def _check_feats(feats_a: torch.Tensor, feats_b: torch.Tensor, min_n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both feature matrices as float64 CPU tensors, after checking shapes (n, d) with n >= min_n and equal d."""
+    for name, f in (("feats_a", feats_a), ("feats_b", feats_b)):
+        if not isinstance(f, torch.Tensor) or f.ndim != 2 or not f.is_floating_point() or len(f) < min_n:
+            got = f"{f.dtype} of shape {tuple(f.shape)}" if isinstance(f, torch.Tensor) else type(f).__name__
+            raise ValueError(f"{name} must be a float tensor of shape (n, d) with n >= {min_n}, got {got}"
+                             " (pass features, e.g. digits_features(x), not raw digits)")
+    if feats_a.shape[1] != feats_b.shape[1]:
+        raise ValueError(f"the two feature sets need the same dimension, got {feats_a.shape[1]} and {feats_b.shape[1]}")
+    return feats_a.detach().double().cpu(), feats_b.detach().double().cpu()
+
+
 def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     """Fréchet distance between N(mu_a, S_a) and N(mu_b, S_b) fitted to feature matrices (n_a, d) and (n_b, d).
 
@@ -58,13 +78,7 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     symmetric form S_a^{1/2} S_b S_a^{1/2} has real, non-negative eigenvalues, so the matrix square root is
     an eigendecomposition with tiny negative eigenvalues (rounding) clamped to zero, not a general sqrtm.
     """
-    for name, f in (("feats_a", feats_a), ("feats_b", feats_b)):
-        if not isinstance(f, torch.Tensor) or f.ndim != 2 or not f.is_floating_point() or len(f) < 2:
-            got = f"{f.dtype} of shape {tuple(f.shape)}" if isinstance(f, torch.Tensor) else type(f).__name__
-            raise ValueError(f"{name} must be a float tensor of shape (n, d) with n >= 2, got {got}")
-    if feats_a.shape[1] != feats_b.shape[1]:
-        raise ValueError(f"the two feature sets need the same dimension, got {feats_a.shape[1]} and {feats_b.shape[1]}")
-    a, b = feats_a.detach().double().cpu(), feats_b.detach().double().cpu()
+    a, b = _check_feats(feats_a, feats_b)
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
     root_a = _sqrtm_psd(cov_a)
@@ -146,3 +160,93 @@ def pixel_gaussian_digits(x: torch.Tensor, n: int) -> torch.Tensor:
     pixels = data.check_levels(x, dim=64).double()
     gauss = torch.distributions.MultivariateNormal(pixels.mean(0), torch.cov(pixels.T) + 1e-6 * torch.eye(64))
     return gauss.sample((n,)).round().clamp(0, data.DIGITS_LEVELS - 1).long()
+
+
+# ------------------------------------------------------------------ KID, precision / recall, density / coverage
+def kernel_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
+    """Unbiased estimate of MMD^2 between the distributions of feature matrices a (m, d) and b (n, d).
+
+    With the cubic polynomial kernel k(u, v) = (u^T v / d + 1)^3 of KID (Binkowski et al. 2018),
+
+        MMD^2_u = 1/(m(m-1)) sum_{i != j} k(a_i, a_j) + 1/(n(n-1)) sum_{i != j} k(b_i, b_j)
+                  - 2/(mn) sum_{i, j} k(a_i, b_j),
+
+    computed in float64. Its expectation is the population MMD^2, which is zero exactly when the
+    two distributions agree (up to the kernel's moments): unlike the Fréchet distance, the
+    estimate is not biased upwards at small n, and it can be negative. Not clamped.
+    """
+    a, b = _check_feats(feats_a, feats_b)
+    m, n, d = len(a), len(b), a.shape[1]
+    k_aa, k_bb, k_ab = ((a @ a.T / d + 1) ** 3, (b @ b.T / d + 1) ** 3, (a @ b.T / d + 1) ** 3)
+    within_a = (k_aa.sum() - k_aa.diagonal().sum()) / (m * (m - 1))
+    within_b = (k_bb.sum() - k_bb.diagonal().sum()) / (n * (n - 1))
+    return (within_a + within_b - 2 * k_ab.mean()).item()
+
+
+def kernel_digits_distance(x_a: torch.Tensor, x_b: torch.Tensor, seed: int = 0) -> float:
+    """:func:`kernel_distance` (KID's estimate) between two sets of digits in the classifier's feature space."""
+    return kernel_distance(digits_features(x_a, seed), digits_features(x_b, seed))
+
+
+def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance of each row of x to its k-th nearest other row (the row itself excluded)."""
+    if not 1 <= k < len(x):
+        raise ValueError(f"k must lie in 1..{len(x) - 1} for a set of {len(x)} points, got {k}")
+    return _dist(x, x).kthvalue(k + 1, dim=1).values  # the 1st smallest is the point itself (0)
+
+
+def _dist(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances without the matrix-product shortcut: d(u_i, v_j) == d(v_j, u_i) bit for bit."""
+    return torch.cdist(u, v, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) of fake features (m, d) against real (n, d).
+
+    The manifold of a set is the union of balls B(u, r_k(u)) around its points, r_k(u) the
+    distance from u to its k-th nearest neighbour in the same set. Then
+
+        precision = 1/m sum_j 1[fake_j in manifold(real)]   (share of samples that look real),
+        recall    = 1/n sum_i 1[real_i in manifold(fake)]   (share of the data the samples reach).
+
+    Identical sets give 1 and 1; a model that drops modes loses recall, one whose samples lie
+    off the data (blurry averages) loses precision.
+    """
+    r, f = _check_feats(real, fake, min_n=k + 1)
+    dist = _dist(f, r)  # (m, n)
+    precision = (dist <= _knn_radii(r, k)[None, :]).any(dim=1).double().mean().item()
+    recall = (dist <= _knn_radii(f, k)[:, None]).any(dim=0).double().mean().item()
+    return precision, recall
+
+
+def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020) of fake features (m, d) against real (n, d).
+
+    With the real k-NN balls B(real_i, r_k(real_i)) only (the fake set's outliers cannot inflate
+    them),
+
+        density  = 1/(k m) sum_j sum_i 1[fake_j in B(real_i, r_k(real_i))],
+        coverage = 1/n sum_i 1[some fake_j in B(real_i, r_k(real_i))].
+
+    Density has expectation 1 when fake and real are independent samples of one distribution
+    (it is (k + 1)/k for identical sets: each ball holds its centre and its k neighbours) and is
+    not bounded by 1; coverage lies in [0, 1].
+    """
+    r, f = _check_feats(real, fake, min_n=k + 1)
+    inside = _dist(f, r) <= _knn_radii(r, k)[None, :]  # (m, n)
+    density = inside.double().sum().item() / (k * len(f))
+    coverage = inside.any(dim=0).double().mean().item()
+    return density, coverage
+
+
+def digits_scores(samples: torch.Tensor, reference: torch.Tensor, seed: int = 0) -> dict[str, float]:
+    """FDD, KID, precision, recall, density and coverage of digits samples against reference digits.
+
+    All on the features of :func:`digits_classifier`; precision/recall with k = 3, density/coverage
+    with k = 5, the defaults of their papers. Both sets are digits (torch.long, (n, 64), 0..16).
+    """
+    fs, fr = digits_features(samples, seed), digits_features(reference, seed)
+    precision, recall = precision_recall(fr, fs)
+    density, coverage = density_coverage(fr, fs)
+    return {"fdd": frechet_distance(fs, fr), "kid": kernel_distance(fs, fr), "precision": precision,
+            "recall": recall, "density": density, "coverage": coverage}

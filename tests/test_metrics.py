@@ -94,3 +94,88 @@ def test_frechet_digits_distance_separates_digits_from_blobs():
     assert metrics.frechet_digits_distance(blobs, x_test) > 2 * metrics.frechet_digits_distance(x_val, x_test)
     with pytest.raises(ValueError, match="torch.long"):
         metrics.frechet_digits_distance(x_val.float(), x_test)
+
+
+# ------------------------------------------------------------------ KID, precision / recall, density / coverage
+def _gauss(n, d=8, shift=0.0, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + shift
+
+
+def test_kernel_distance_is_unbiased_where_the_frechet_distance_is_not():
+    """Two samples of one distribution: KID's mean is zero within 4 standard errors at every n,
+    the Fréchet distance is positive and falls with n (its bias)."""
+    fid_means = []
+    for n in (20, 80):
+        kids = torch.tensor([metrics.kernel_distance(_gauss(n, seed=2 * r), _gauss(n, seed=2 * r + 1))
+                             for r in range(40)])
+        assert abs(kids.mean()) < 4 * kids.std() / math.sqrt(len(kids))
+        assert (kids < 0).any()  # an unbiased estimate of zero must sometimes be negative
+        fid_means.append(sum(metrics.frechet_distance(_gauss(n, seed=2 * r), _gauss(n, seed=2 * r + 1))
+                             for r in range(10)) / 10)
+    assert fid_means[0] > fid_means[1] > 0
+
+
+def test_kernel_distance_is_positive_for_shifted_samples_and_exact_in_closed_form():
+    kids = [metrics.kernel_distance(_gauss(100, seed=r), _gauss(100, shift=1.0, seed=50 + r)) for r in range(5)]
+    assert min(kids) > 0
+    # one point per set: the unbiased within-set terms need n >= 2, so check m = n = 2 by hand
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    b = torch.tensor([[1.0, 1.0], [2.0, 0.0]], dtype=torch.float64)
+    k = lambda u, v: (u @ v / 2 + 1) ** 3  # noqa: E731
+    expected = k(a[0], a[1]) + k(b[0], b[1]) - sum(k(u, v) for u in a for v in b) / 2
+    assert metrics.kernel_distance(a, b) == pytest.approx(expected.item())
+
+
+def _modes(n, modes, seed):
+    """n points of a mixture of 10 Gaussians N(10 e_c, I) in 10D (far apart), drawn from the listed modes only."""
+    g = torch.Generator().manual_seed(seed)
+    which = torch.tensor(modes)[torch.randint(len(modes), (n,), generator=g)]
+    return 10 * torch.eye(10, dtype=torch.float64)[which] + torch.randn(n, 10, generator=g, dtype=torch.float64)
+
+
+def test_identical_sets_have_full_precision_recall_coverage():
+    x = _modes(300, list(range(10)), seed=0)
+    assert metrics.precision_recall(x, x) == (1.0, 1.0)
+    density, coverage = metrics.density_coverage(x, x, k=5)
+    assert coverage == 1.0 and density == pytest.approx(6 / 5)  # each ball: its centre and 5 neighbours
+
+
+def test_independent_samples_of_one_distribution_have_density_near_one():
+    density, coverage = metrics.density_coverage(_modes(1000, list(range(10)), 0), _modes(1000, list(range(10)), 1))
+    assert abs(density - 1) < 0.1 and coverage > 0.95
+
+
+def test_dropped_modes_lower_recall_and_blur_lowers_precision():
+    real = _modes(1000, list(range(10)), seed=0)
+    half = _modes(1000, list(range(5)), seed=1)  # mode dropping: 5 of the 10 modes
+    precision, recall = metrics.precision_recall(real, half)
+    density, coverage = metrics.density_coverage(real, half)
+    full_precision, full_recall = metrics.precision_recall(real, _modes(1000, list(range(10)), seed=3))
+    assert precision > full_precision - 0.05 and density > 0.9  # what it draws looks real
+    assert recall < 0.6 * full_recall and abs(coverage - 0.5) < 0.05  # but it reaches half the data
+    other = _modes(1000, list(range(10)), seed=2)
+    blurry = (other + other.roll(1, 0)) / 2  # averages of two data points: between the modes
+    precision, recall = metrics.precision_recall(real, blurry)
+    density, coverage = metrics.density_coverage(real, blurry)
+    assert precision < 0.2 and density < 0.3
+
+
+def test_digits_scores_separate_digits_from_blobs():
+    test = data.digits("test")
+    real = metrics.digits_scores(data.digits("train")[:350], test)
+    blobs = metrics.digits_scores(metrics.pixel_gaussian_digits(data.digits("train"), 350), test)
+    assert set(real) == {"fdd", "kid", "precision", "recall", "density", "coverage"}
+    assert blobs["fdd"] > real["fdd"] and blobs["kid"] > real["kid"]
+    assert blobs["precision"] < real["precision"] and blobs["density"] < real["density"]
+
+
+def test_sample_metric_errors():
+    x = torch.randn(10, 4)
+    with pytest.raises(ValueError, match="same dimension"):
+        metrics.kernel_distance(x, torch.randn(10, 5))
+    with pytest.raises(ValueError, match="features"):
+        metrics.precision_recall(torch.arange(40).reshape(10, 4), x)
+    with pytest.raises(ValueError, match="n >= 6"):
+        metrics.density_coverage(x[:5], x, k=5)
+    with pytest.raises(ValueError, match="n >= 2"):
+        metrics.kernel_distance(x[:1], x)

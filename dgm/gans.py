@@ -227,3 +227,63 @@ def to_unit(x: torch.Tensor, shift: bool = False) -> torch.Tensor:
     Defined in book/04_gans.md, section "A GAN on the digits".
     """
     return data.dequantize(data.shift_digits(x) if shift else x) * 2 - 1
+
+
+class ConvGenerator(nn.Module):
+    """x = G(z) for 8x8 images: a linear map of z to (2C, 2, 2), then transposed
+    convolutions (kernel 4, stride 2, padding 1) to (C, 4, 4) and (1, 8, 8), with
+    LeakyReLU(0.2) between the layers and a tanh at the end; no batch norm.
+
+    Returns flattened images (n, 64) in (-1, 1), like Generator(levels=...), so that
+    train_gan and the metrics apply unchanged; `sample` returns levels 0..levels-1.
+    Defined in book/04_gans.md, section "A convolutional GAN".
+    """
+
+    def __init__(self, z_dim: int = 16, channels: int = 50, levels: int = 17):
+        super().__init__()
+        self.z_dim, self.dim, self.channels = z_dim, 64, channels
+        self.levels, self.n_classes = levels, 0
+        self.project = nn.Linear(z_dim, 2 * channels * 2 * 2)
+        self.net = nn.Sequential(
+            nn.LeakyReLU(0.2),
+            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1),  # 2->4
+            nn.LeakyReLU(0.2),
+            nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1))  # 4 -> 8
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"z must have shape (n, {self.z_dim}), "
+                             f"got {tuple(z.shape)}")
+        _with_labels(z, y, 0)  # unconditional: refuses labels with a clear message
+        h = self.project(z).view(len(z), 2 * self.channels, 2, 2)
+        return torch.tanh(self.net(h)).flatten(1)
+
+    sample = Generator.sample  # the same binning of (-1, 1) to levels
+
+
+class ConvDiscriminator(nn.Module):
+    """The logit a(x) of 8x8 images x, given flattened as (n, 64): convolutions
+    (kernel 4, stride 2, padding 1) to (C, 4, 4) and (2C, 2, 2) with LeakyReLU(0.2),
+    then a linear map to one logit; no batch norm (the R1 penalty is per image).
+
+    The output has shape (n,).
+    Defined in book/04_gans.md, section "A convolutional GAN".
+    """
+
+    def __init__(self, channels: int = 50):
+        super().__init__()
+        self.dim, self.channels, self.n_classes = 64, channels, 0
+        self.net = nn.Sequential(
+            nn.Conv2d(1, channels, 4, stride=2, padding=1),  # 8 -> 4
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1),  # 4 -> 2
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            nn.Linear(2 * channels * 2 * 2, 1))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != 64:
+            raise ValueError("x must have shape (n, 64), 8x8 images flattened "
+                             f"(x.flatten(1)), got {tuple(x.shape)}")
+        _with_labels(x, y, 0)
+        return self.net(x.view(len(x), 1, 8, 8)).squeeze(1)

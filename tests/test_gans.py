@@ -157,3 +157,55 @@ def test_generator_losses_against_optimal_d_descend_their_divergences():
     # near p_G = p_data, JS ~ KL / 4 and the two gradients agree to first order; far from
     # it they differ (the minimax one saturates)
     assert grads["non-saturating"].item() > 5 * grads["minimax"].item()
+
+
+def test_conv_gan_shapes_and_parameter_counts_match_the_formulas():
+    """G: z (n, 16) -> levels (n, 64); D: (n, 64) -> logits (n,); 32C^2 + 153C + 1 and 32C^2 + 27C + 1."""
+    from dgm.gans import ConvDiscriminator, ConvGenerator
+
+    for C in (3, 50):
+        G, D = ConvGenerator(z_dim=16, channels=C), ConvDiscriminator(channels=C)
+        assert sum(p.numel() for p in G.parameters()) == 32 * C**2 + 153 * C + 1
+        assert sum(p.numel() for p in D.parameters()) == 32 * C**2 + 27 * C + 1
+        x = G(torch.randn(7, 16))
+        assert x.shape == (7, 64) and x.abs().max() < 1
+        assert D(x).shape == (7,)
+        s = G.sample(5)
+        assert s.dtype == torch.long and s.shape == (5, 64) and 0 <= s.min() and s.max() <= 16
+    # C = 50 matches the chapter's MLPs (hidden 256, depth 2) to within 2 %
+    mlp_G = Generator(dim=64, z_dim=16, hidden=256, depth=2, levels=17)
+    mlp_D = Discriminator(dim=64, hidden=256, depth=2)
+    for conv, mlp in ((ConvGenerator(channels=50), mlp_G), (ConvDiscriminator(channels=50), mlp_D)):
+        n_conv, n_mlp = (sum(p.numel() for p in m.parameters()) for m in (conv, mlp))
+        assert abs(n_conv / n_mlp - 1) < 0.02
+
+
+def test_conv_discriminator_is_local_and_conv_gan_trains():
+    """Every pixel reaches D's logit (two stride-2 layers cover 8x8); a few train_gan steps move both nets."""
+    from dgm.gans import ConvDiscriminator, ConvGenerator, to_unit
+
+    torch.manual_seed(0)
+    D = ConvDiscriminator(channels=4)
+    x = torch.zeros(1, 64, requires_grad=True)
+    D(x).sum().backward()
+    assert (x.grad != 0).all()
+    G, D = ConvGenerator(channels=4), ConvDiscriminator(channels=4)
+    before = [p.detach().clone() for p in (*G.parameters(), *D.parameters())]
+    hist = train_gan(G, D, data.digits("train")[:200], 3, r1=1.0, batch_size=16, augment=to_unit)
+    assert len(hist["d_loss"]) == 3 and all(math.isfinite(v) for v in hist["d_loss"] + hist["g_loss"])
+    after = list(G.parameters()) + list(D.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_conv_gan_shape_errors_are_actionable():
+    from dgm.gans import ConvDiscriminator, ConvGenerator
+
+    G, D = ConvGenerator(z_dim=16, channels=2), ConvDiscriminator(channels=2)
+    with pytest.raises(ValueError, match=r"z must have shape \(n, 16\)"):
+        G(torch.randn(3, 8))
+    with pytest.raises(ValueError, match="flatten"):
+        D(torch.randn(3, 1, 8, 8))
+    with pytest.raises(ValueError, match="unconditional"):
+        D(torch.randn(3, 64), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="unconditional"):
+        G(torch.randn(3, 16), torch.zeros(3, dtype=torch.long))

@@ -107,6 +107,88 @@ def test_free_bits_floor_the_kl_of_each_dimension():
     assert floored > plain  # at initialization every dimension's KL is below 1 nat
 
 
+def test_dreg_and_iwae_encoder_gradients_have_the_same_mean():
+    torch.manual_seed(6)
+    model = vae.VAE(z_dim=2, hidden=16, dropout=0.0).eval()
+    x = data.digits("train")[:1]
+    g_iwae = vae.iwae_encoder_grads(model, x, k=8, replicates=4000)
+    g_dreg = vae.iwae_encoder_grads(model, x, k=8, replicates=4000, estimator="dreg")
+    assert g_iwae.shape == g_dreg.shape == (4000, 1, 4)
+    # both are unbiased for the gradient of L_k: the means agree within Monte Carlo error
+    se = ((g_iwae.var(0) + g_dreg.var(0)) / 4000).sqrt()
+    assert ((g_iwae.mean(0) - g_dreg.mean(0)).abs() < 4 * se).all()
+    with pytest.raises(ValueError, match="estimator"):
+        vae.iwae_encoder_grads(model, x, k=2, replicates=4, estimator="vimco")
+
+
+def test_iwae_gradient_with_one_sample_is_the_elbo_gradient_in_the_mean():
+    torch.manual_seed(7)
+    model = vae.VAE(z_dim=2, hidden=16, dropout=0.0).eval()
+    x = data.digits("train")[:1]
+    g = vae.iwae_encoder_grads(model, x, k=1, replicates=4000)
+    # the ELBO of a diagonal Gaussian: E log p(x | z) - KL; its gradient by autograd
+    mu, logvar = (t.detach().requires_grad_() for t in model.encode(x))
+    eps = torch.randn(20000, 1, 2)
+    z = mu + (0.5 * logvar).exp() * eps
+    kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(-1)
+    elbo = model.log_lik(x, z).mean(0) - kl
+    exact = torch.cat(torch.autograd.grad(elbo.sum(), [mu, logvar]), -1)
+    se = (g.var(0) / 4000 + g.var(0) / 20000).sqrt()
+    assert ((g.mean(0) - exact).abs() < 4 * se).all()
+
+
+def test_cvae_conditions_on_the_label_and_checks_it():
+    torch.manual_seed(8)
+    model = vae.CVAE(hidden=32).eval()
+    x, y = data.digits("train", labels=True)
+    x, y = x[:5], y[:5]
+    assert model.elbo(x, y).shape == (5,)
+    z = torch.randn(5, model.z_dim)
+    assert not torch.allclose(model.decode_mean(z, y), model.decode_mean(z, (y + 1) % 10))
+    with pytest.raises(ValueError, match="torch.long of shape"):
+        model.encode(x, y[:4])
+    with pytest.raises(ValueError, match="torch.long"):
+        model.encode(x, y.float())
+
+
+def test_vq_quantizes_to_the_nearest_code_and_routes_gradients():
+    torch.manual_seed(9)
+    model = vae.VQVAE(positions=4, codes=8, code_dim=3, hidden=32)
+    x = data.digits("train")[:6]
+    z_e = model.encode(x)
+    c, e = model.quantize(z_e)
+    distances = ((z_e[..., None, :] - model.codebook) ** 2).sum(-1)  # (6, 4, 8)
+    assert torch.equal(c, distances.argmin(-1))
+    torch.testing.assert_close(e, model.codebook[c])
+    reconstruction, codebook_loss, commitment_loss, _ = model.loss_terms(x)
+    # straight-through: the reconstruction's gradient reaches the encoder, not the codes
+    reconstruction.sum().backward(retain_graph=True)
+    assert model.codebook.grad is None or model.codebook.grad.abs().sum() == 0
+    assert model.encoder[0].weight.grad.abs().sum() > 0
+    model.zero_grad()
+    codebook_loss.sum().backward(retain_graph=True)  # moves only the codes
+    assert model.encoder[0].weight.grad is None or model.encoder[0].weight.grad.abs().sum() == 0
+    assert model.codebook.grad.abs().sum() > 0
+    model.zero_grad()
+    commitment_loss.sum().backward()  # moves only the encoder
+    assert model.codebook.grad is None or model.codebook.grad.abs().sum() == 0
+
+
+def test_code_prior_is_normalized_and_autoregressive():
+    torch.manual_seed(10)
+    prior = vae.CodePrior(positions=3, codes=4, hidden=8)
+    grids = torch.cartesian_prod(*[torch.arange(4)] * 3)  # all 4^3 code grids
+    total = prior.log_prob(grids).exp().sum()
+    torch.testing.assert_close(total, torch.tensor(1.0))
+    # the logits of position p do not depend on the codes at p and after
+    changed = grids.clone()
+    changed[:, 1:] = (changed[:, 1:] + 1) % 4
+    torch.testing.assert_close(prior.logits(grids)[:, :2], prior.logits(changed)[:, :2])
+    assert prior.sample(5).shape == (5, 3)
+    with pytest.raises(ValueError, match="shape"):
+        prior.log_prob(grids[:, :2])
+
+
 def test_per_dimension_kl_sums_to_the_kl_of_the_diagonal_gaussian():
     torch.manual_seed(6)
     model = vae.VAE(hidden=32, z_dim=5)
@@ -135,3 +217,22 @@ def test_kl_warm_up_is_linear_and_reaches_the_full_beta():
         value = loss(model, x)
         torch.manual_seed(step)
         torch.testing.assert_close(value, expected(beta_t), msg=f"step {step}")
+
+
+def test_hvae_bound_terms_and_importance_sampling_tighten_the_elbo():
+    torch.manual_seed(11)
+    model = vae.HVAE(z_dim=3, z2_dim=2, hidden=32, hidden2=16).eval()
+    x = data.digits("train")[:8]
+    reconstruction, rate1, rate2 = model.elbo_terms(x)
+    assert reconstruction.shape == rate1.shape == rate2.shape == (8,)
+    assert (rate2 >= 0).all()  # a KL divergence in closed form
+    _, rate1_d, rate2_d = model.elbo_terms(x, per_dim=True)
+    assert rate1_d.shape == (8, 3) and rate2_d.shape == (8, 2)
+    with torch.no_grad():
+        elbo = torch.stack([model.elbo(x) for _ in range(200)]).mean(0)
+        # L_k >= L_1 in expectation; k = 200 is far tighter than the sampling error here
+        assert (model.log_prob(x, k=200) > elbo).all()
+    loss = vae.hvae_loss(warmup_steps=5, free_bits=0.1)
+    model.train()
+    assert loss(model, x).ndim == 0
+    assert model.sample(4).shape == (4, 64)

@@ -1,7 +1,7 @@
 """VAE variants of the VAE chapter, trained longer: two stochastic layers and the VQ-VAE.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vae_models.py          # writes
-        benchmarks/results/vae_models.json (about 8 minutes single-threaded)
+        benchmarks/results/vae_models.json (sequentially, about 8 minutes on a quiet CPU)
     ... --part hierarchical --jobs 4   # or --part vq: rerun one half, update its entry
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vae_models.py --quick  # smoke run
 

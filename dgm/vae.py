@@ -192,8 +192,11 @@ def vae_loss(beta: float = 1.0, warmup_steps: int = 0, free_bits: float = 0.0,
             return -model.elbo(x).mean()
         step += 1
         beta_t = beta * (min(1.0, step / warmup_steps) if warmup_steps else 1.0)
-        reconstruction, kl = model.elbo_terms(data.shift_digits(x) if shift else x,
-                                              per_dim=True)
+        # per-dimension rates; a model with several stochastic layers (HVAE) returns one
+        # block per layer, and every latent dimension is treated alike
+        reconstruction, *rates = model.elbo_terms(data.shift_digits(x) if shift else x,
+                                                  per_dim=True)
+        kl = torch.cat(rates, -1)
         kl_term = (kl.mean(0).clamp(min=free_bits).sum() if free_bits
                    else kl.sum(-1).mean())
         if record is not None:
@@ -453,22 +456,8 @@ class HVAE(VAE):
 def hvae_loss(warmup_steps: int = 0, free_bits: float = 0.0, shift: bool = True):
     """The loss for `fit`: batch mean of -[reconstruction - beta_t (R_1 + R_2)].
 
-    beta_t and free bits (per latent dimension of both layers, on the batch mean of its
-    rate) as in vae_loss; in evaluation the plain negative ELBO.
+    vae_loss with beta = 1: warm-up and free bits (per latent dimension of both layers,
+    on the batch mean of its rate) as there; in evaluation the plain negative ELBO.
     Defined in book/03_vae.md, section "Two stochastic layers: a hierarchical VAE".
     """
-    step = 0
-
-    def loss(model, x):
-        nonlocal step
-        if not model.training:
-            return -model.elbo(x).mean()
-        step += 1
-        beta_t = min(1.0, step / warmup_steps) if warmup_steps else 1.0
-        reconstruction, rate1, rate2 = model.elbo_terms(
-            data.shift_digits(x) if shift else x, per_dim=True)
-        rate = torch.cat([rate1.mean(0), rate2.mean(0)])
-        rate = rate.clamp(min=free_bits).sum() if free_bits else rate.sum()
-        return -(reconstruction.mean() - beta_t * rate)
-
-    return loss
+    return vae_loss(warmup_steps=warmup_steps, free_bits=free_bits, shift=shift)

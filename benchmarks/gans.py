@@ -42,6 +42,7 @@ OUT = ROOT / "benchmarks" / "results" / "gans.json"
 GRID_VARIANTS = {"vanilla": {}, "R1": {"r1": 0.1}}
 GRID_STEPS = 30_000
 GRID_SEEDS = [0, 1, 2, 3, 4]
+GRID_SAMPLES = 10_000  # samples per trained generator scored by dgm.metrics.mode_coverage
 SNAPSHOT_STEPS = [0, 250, 500, 1000, 2000, 4000, 8000, 15_000, 22_000, 30_000]
 
 
@@ -63,7 +64,7 @@ def grid_run(args: tuple[str, int, int]) -> dict:
     train_gan(G, D, x, steps, record=record, record_at=at, seed=seed, **GRID_VARIANTS[variant])
     seconds = time.time() - start
     torch.manual_seed(2000 + seed)
-    covered, quality = metrics.mode_coverage(G.sample(10_000), "grid")
+    covered, quality = metrics.mode_coverage(G.sample(GRID_SAMPLES), "grid")
     print(f"grid {variant} seed {seed}: {covered}/25 components, {quality:.3f} high quality, {seconds / 60:.1f} min", flush=True)
     return {"variant": variant, "seed": seed, "covered": covered, "high_quality": quality, "seconds": seconds,
             "snapshots": snapshots}
@@ -78,7 +79,7 @@ def grid_part(quick: bool, processes: int) -> dict:
     jobs = [(v, s, steps) for v in GRID_VARIANTS for s in seeds]
     with mp.get_context("spawn").Pool(processes) as pool:
         runs = pool.map(grid_run, jobs)
-    out = {"steps": steps, "seeds": seeds, "variants": {}}
+    out = {"steps": steps, "seeds": seeds, "samples": GRID_SAMPLES, "variants": {}}
     for v, options in GRID_VARIANTS.items():
         rs = [r for r in runs if r["variant"] == v]
         full = sum(r["covered"] == 25 and r["high_quality"] >= 0.9 for r in rs)

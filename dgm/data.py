@@ -36,6 +36,7 @@ __all__ = [
     "toy_components",
     "check_points",
     "check_levels",
+    "describe",
     "digits",
     "DIGITS_SPLITS",
     "DIGITS_LEVELS",
@@ -302,6 +303,11 @@ def digits(split: str, labels: bool = False):
     return (x[a:b].clone(), y[a:b].clone()) if labels else x[a:b].clone()
 
 
+def describe(x) -> str:
+    """What an argument is, for error messages: 'torch.int64 of shape (3, 64)' or its type's name."""
+    return f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+
+
 def shift_digits(x: torch.Tensor, max_shift: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
     """Shift each 8x8 digit by a random whole number of pixels in -max_shift..max_shift, both ways.
 
@@ -309,8 +315,7 @@ def shift_digits(x: torch.Tensor, max_shift: int = 1, generator: torch.Generator
     move in from outside the image are 0 (background). Returns a new tensor like x.
     """
     if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != 64:
-        got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"expected digits as a tensor of shape (n, 64), got {got}")
+        raise ValueError(f"expected digits as a tensor of shape (n, 64), got {describe(x)}")
     n, m = len(x), max_shift
     padded = torch.nn.functional.pad(x.reshape(n, 8, 8), (m, m, m, m))
     dy, dx = torch.randint(-m, m + 1, (2, n), generator=generator)
@@ -324,8 +329,8 @@ def check_levels(x, levels: int = DIGITS_LEVELS, dim: int | None = None) -> torc
     """x itself if it holds integer levels 0..levels-1 as a torch.long tensor of shape (n, D) (D = dim if given); else a ValueError saying what was expected."""
     if (not isinstance(x, torch.Tensor) or x.dtype != torch.long or x.ndim != 2
             or (dim is not None and x.shape[1] != dim)):
-        got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"expected integer levels as a torch.long tensor of shape (n, {dim or 'D'}), got {got}")
+        raise ValueError(f"expected integer levels as a torch.long tensor of shape (n, {dim or 'D'}), "
+                         f"got {describe(x)}")
     if len(x) and (int(x.min()) < 0 or int(x.max()) >= levels):
         raise ValueError(f"levels must lie in 0..{levels - 1}, got values in {int(x.min())}..{int(x.max())}")
     return x

@@ -63,8 +63,7 @@ def _check_feats(feats_a: torch.Tensor, feats_b: torch.Tensor, min_n: int = 2) -
     """Both feature matrices as float64 CPU tensors, after checking shapes (n, d) with n >= min_n and equal d."""
     for name, f in (("feats_a", feats_a), ("feats_b", feats_b)):
         if not isinstance(f, torch.Tensor) or f.ndim != 2 or not f.is_floating_point() or len(f) < min_n:
-            got = f"{f.dtype} of shape {tuple(f.shape)}" if isinstance(f, torch.Tensor) else type(f).__name__
-            raise ValueError(f"{name} must be a float tensor of shape (n, d) with n >= {min_n}, got {got}"
+            raise ValueError(f"{name} must be a float tensor of shape (n, d) with n >= {min_n}, got {data.describe(f)}"
                              " (pass features, e.g. digits_features(x), not raw digits)")
     if feats_a.shape[1] != feats_b.shape[1]:
         raise ValueError(f"the two feature sets need the same dimension, got {feats_a.shape[1]} and {feats_b.shape[1]}")

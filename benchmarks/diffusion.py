@@ -105,7 +105,7 @@ def digits_part(quick: bool) -> dict:
         "test_bound": test_bound, "val_bound": val_bound, "best_epoch": best,
         "bound_by_t": per_range, "train_minutes": minutes,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "history": history, "samplers": samplers,
+        "history": history, "samplers": samplers, "sample_seeds": SAMPLE_SEEDS[:1] if quick else SAMPLE_SEEDS,
         "eps_linear": {"test_bound": eps_bound, "train_minutes": eps_minutes, "history": eps_history},
     }
 

@@ -1,13 +1,14 @@
 """VAE variants of the VAE chapter, trained longer: two stochastic layers and the VQ-VAE.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vae_models.py          # writes
-        benchmarks/results/vae_models.json (sequentially, about 8 minutes on a quiet CPU)
-    ... --part hierarchical --jobs 4   # or --part vq: rerun one half, update its entry
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vae_models.py --jobs 2   # writes
+        benchmarks/results/vae_models.json (the VQ part about 20 CPU minutes, the
+        hierarchical part, 4 models x 3 seeds, about 10 CPU minutes)
+    ... --part hierarchical --jobs 2   # or --part vq: rerun one half, update its entry
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vae_models.py --quick  # smoke run
 
 Hierarchical VAE (dgm.vae.HVAE) against the one-layer VAE (dgm.vae.VAE) on the digits, same
 splits and budget (at most EPOCHS epochs, early stopping on the validation -ELBO), SEEDS
-(one seed by default; --jobs N trains the models in N parallel single-threaded processes).
+(--jobs N trains the models in N parallel single-threaded processes).
 Three ways of training the two-layer model (no remedy, KL warm-up, warm-up and free bits) are
 scored on the VALIDATION split: the rates R_1 and R_2 of each layer (eq. hvae-elbo), the
 -ELBO and the importance-weighted estimate of the NLL (k = K_SELECT). The two-layer variant
@@ -43,7 +44,7 @@ from dgm.vae import HVAE, VAE, CodePrior, VQVAE, hvae_loss, vae_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "vae_models.json"
-EPOCHS, K_SELECT, K_TEST, SEEDS = 300, 100, 1000, [0]
+EPOCHS, K_SELECT, K_TEST, SEEDS = 600, 100, 1000, [0, 1, 2]
 VQ_STEPS, PRIOR_STEPS, BETA_C = 3000, 1500, 0.25
 HIERARCHICAL = {"two layers, no remedy": dict(),
                 "two layers, KL warm-up": dict(warmup_steps=2000),

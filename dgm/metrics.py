@@ -170,8 +170,9 @@ def kernel_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
         MMD^2_u = 1/(m(m-1)) sum_{i != j} k(a_i, a_j) + 1/(n(n-1)) sum_{i != j} k(b_i, b_j)
                   - 2/(mn) sum_{i, j} k(a_i, b_j),
 
-    computed in float64. Its expectation is the population MMD^2, which is zero exactly when the
-    two distributions agree (up to the kernel's moments): unlike the Fréchet distance, the
+    computed in float64. Its expectation is the population MMD^2, which is zero when the two
+    distributions agree, and also whenever their moments up to order three agree (the cubic
+    kernel is not characteristic): unlike the Fréchet distance, the
     estimate is not biased upwards at small n, and it can be negative. Not clamped.
     """
     a, b = _check_feats(feats_a, feats_b)

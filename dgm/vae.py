@@ -287,6 +287,20 @@ class CVAE(VAE):
         """E[x | z, y], shape (n, dim)."""
         return super().decode_mean(self._with_label(z, y))
 
+    @torch.no_grad()
+    def sample(self, n: int, y):
+        """n images x ~ p_theta(x | z, y), z ~ p(z), for the labels y of shape (n,)."""
+        z = torch.randn(n, self.z_dim, device=next(self.parameters()).device)
+        logits = self.pixel_log_probs(self._with_label(z, y))
+        return torch.distributions.Categorical(logits=logits).sample()
+
+    def log_prob(self, x, *args, **kwargs):
+        raise NotImplementedError("a CVAE models p(x | y): its bound is elbo(x, y); "
+                                  "the VAE's log_prob(x) has no label to condition on")
+
+    def elbo_terms(self, x, *args, **kwargs):
+        raise NotImplementedError("a CVAE's ELBO needs the labels: use elbo(x, y)")
+
 
 class VQVAE(nn.Module):
     """A VQ-VAE (eqs. vq, vq-loss) for the 8x8 digits.

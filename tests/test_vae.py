@@ -149,6 +149,11 @@ def test_cvae_conditions_on_the_label_and_checks_it():
         model.encode(x, y[:4])
     with pytest.raises(ValueError, match="torch.long"):
         model.encode(x, y.float())
+    samples = model.sample(5, y)
+    assert samples.shape == (5, 64) and samples.dtype == torch.long
+    assert 0 <= samples.min() and samples.max() <= 16
+    with pytest.raises(NotImplementedError, match="elbo\\(x, y\\)"):
+        model.log_prob(x)
 
 
 def test_vq_quantizes_to_the_nearest_code_and_routes_gradients():

@@ -75,8 +75,8 @@ def test_estimates(model, x, k: int, seed: int) -> dict:
     torch.manual_seed(1000 + seed)
     a, b = iwae_per_image(model, x, k), iwae_per_image(model, x, k)
     per_image = (a + b) / 2
-    with torch.no_grad():
-        passes = -torch.stack([model.elbo(x) for _ in range(10)])
+    with torch.no_grad():  # the split's mean -ELBO of each of 10 independent passes
+        passes = -torch.stack([model.elbo(x).mean() for _ in range(10)])
     n = len(x)
     return {"test_nll_nats": per_image.mean().item(),
             "test_nll_mc_se": ((a - b).var() / (4 * n)).sqrt().item(),

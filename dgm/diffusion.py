@@ -25,13 +25,13 @@ def linear_alpha_bar(T: int = 1000, beta_1: float = 1e-4,
     return torch.cumprod(1 - torch.linspace(beta_1, beta_T, T, dtype=torch.float64), 0)
 
 
-def cosine_alpha_bar(T: int = 1000, s: float = 0.008) -> torch.Tensor:
-    """alpha_bar_t = f(t) / f(0) with f(t) = cos^2((t / T + s) / (1 + s) * pi / 2).
+def cosine_alpha_bar(T: int = 1000, nu: float = 0.008) -> torch.Tensor:
+    """alpha_bar_t = f(t) / f(0) with f(t) = cos^2((t / T + nu) / (1 + nu) * pi / 2).
 
     float64, shape (T,).
     Defined in book/05_diffusion.md, section "The forward process".
     """
-    f = lambda u: torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+    f = lambda u: torch.cos((u + nu) / (1 + nu) * math.pi / 2) ** 2
     t = torch.arange(1, T + 1, dtype=torch.float64) / T
     return (f(t) / f(torch.zeros((), dtype=torch.float64))).clamp(min=1e-12)
 
@@ -222,7 +222,7 @@ class Diffusion(nn.Module):
                w: float = 0.0) -> torch.Tensor:
         """n samples of shape (n, dim) from x_T ~ N(0, I) (see sample_from).
 
-        The digits DDPM returns levels.
+        The digits DDPM returns levels, drawn in the last step (see DDPM.decode).
         """
         return self.sample_from(torch.randn(n, self.dim), steps, eta, y, w)
 
@@ -421,7 +421,7 @@ class DDPM(Diffusion):
         d_cond = self.emb * (2 if num_classes else 1)
         self.net = DigitsDenoiser(d_cond, self.dim * LEVELS if denoiser == "categorical"
                                   else self.dim, **network)
-        # importance sampling of t in training: running E[L_t^2] on about 30 log-spaced
+        # importance sampling of t in training: a moving average of L_t^2 on log-spaced
         # bins of 1..T
         edges = (torch.logspace(0, math.log10(self.schedule.T + 1), 31).round().long()
                  .unique())
@@ -463,16 +463,22 @@ class DDPM(Diffusion):
         ab = self.schedule.alpha_bar[-1]
         return 0.5 * (ab * x0**2 + (1 - ab) - 1 - torch.log(1 - ab)).sum(1)
 
-    def draw_t(self, n: int):
-        """t ~ p(t): a bin with probability proportional to its sqrt(E L_t^2).
+    def t_probs(self) -> torch.Tensor:
+        """p(t) for t = 1..T, shape (T,): p(t) proportional to sqrt(E L_t^2) of t's bin.
 
-        t is uniform in it. Returns t, 1 / p(t), bin.
+        A bin of n_b steps is drawn with probability proportional to n_b * rms_b, then t
+        uniformly in it (Nichol and Dhariwal's rule, with E L_t^2 pooled per bin).
         """
-        sizes = (self.bin_edges[1:] - self.bin_edges[:-1]).float()
-        p_bin = self.bin_sq.sqrt() / self.bin_sq.sqrt().sum()
-        b = torch.multinomial(p_bin, n, replacement=True)
-        t = self.bin_edges[b] + (torch.rand(n) * sizes[b]).long()
-        return t, sizes[b] / p_bin[b], b
+        sizes = self.bin_edges[1:] - self.bin_edges[:-1]
+        per_step = self.bin_sq.sqrt().repeat_interleave(sizes)
+        return per_step / per_step.sum()
+
+    def draw_t(self, n: int):
+        """t ~ p(t) of t_probs. Returns t, 1 / p(t) and t's bin."""
+        p = self.t_probs()
+        t = torch.multinomial(p, n, replacement=True) + 1
+        b = torch.bucketize(t, self.bin_edges, right=True) - 1
+        return t, 1 / p[t - 1], b
 
     def loss(self, x: torch.Tensor, y=None) -> torch.Tensor:
         """Per example, an unbiased one-step estimate of the bound without L_T.
@@ -525,6 +531,11 @@ class DDPM(Diffusion):
         return total
 
     def decode(self, x1, t1, y=None, w: float = 0.0):
+        """The last step, x_1 -> x_0: a level per pixel drawn from p_theta(x_0 | x_1).
+
+        A draw, not the mean: even DDIM (eta = 0) is random in this one step. With a
+        label and w != 0 the log-probabilities are guided like x0_hat.
+        """
         logp = self.denoise(x1, t1, y)[1]
         if y is not None and w != 0:
             logp = F.log_softmax(logp + w * (logp - self.denoise(x1, t1, None)[1]), -1)

@@ -125,7 +125,7 @@ def edm_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
                r: float = 7.0) -> torch.Tensor:
     """The n noise levels of EDM's sampler, sigma_max down to sigma_min, then a final 0.
 
-    sigma_i = (sigma_max^(1/r) + i / (n - 1) (sigma_min^(1/r) - sigma_max^(1/r)))^r
+    tau_i = (sigma_max^(1/r) + i / (n - 1) (sigma_min^(1/r) - sigma_max^(1/r)))^r
     (r is Karras et al.'s rho). float64, shape (n + 1,).
     Defined in book/06_diffusion_design.md, section "The noise level as the coordinate".
     """

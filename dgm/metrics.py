@@ -14,7 +14,9 @@ distance between two sets of features.
 * :func:`precision_recall` (k-nearest-neighbour manifold estimates) and
   :func:`density_coverage` separate the two ways a model can miss: samples off the data
   (precision, density) and data the samples miss (recall, coverage); :func:`digits_scores`
-  returns all of them for two sets of digits.
+  returns all of them for two sets of digits;
+* :func:`paired_estimate` is the mean of a per-example Monte Carlo estimate (a likelihood
+  bound, say) from two independent draws, with its Monte Carlo standard error.
 """
 
 from __future__ import annotations
@@ -26,9 +28,24 @@ from torch import nn
 
 from . import data
 
-__all__ = ["mode_coverage", "frechet_distance", "DigitsClassifier", "digits_classifier", "digits_features",
+__all__ = ["paired_estimate", "mode_coverage", "frechet_distance", "DigitsClassifier", "digits_classifier", "digits_features",
            "frechet_digits_distance", "pixel_gaussian_digits", "kernel_distance", "kernel_digits_distance",
            "precision_recall", "density_coverage", "digits_scores"]
+
+
+def paired_estimate(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """The mean over N examples of two independent draws a, b of a per-example estimate.
+
+    Returns the mean of (a + b) / 2 and its Monte Carlo standard error sqrt(Var(a - b) / 4N):
+    given the example, a and b are i.i.d., so Var(a_i - b_i) = 2 Var(a_i), and the mean of
+    (a + b) / 2 has variance mean_i Var(a_i) / 2N. The error is that of the Monte Carlo draws
+    at fixed examples, not the spread over examples (another test set).
+    """
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    if a.shape != b.shape or a.dim() != 1 or len(a) < 2:
+        raise ValueError("a and b must be two 1-D tensors of the same length N >= 2 "
+                         f"(one estimate per example), got {tuple(a.shape)} and {tuple(b.shape)}")
+    return ((a + b) / 2).mean().item(), ((a - b).var() / (4 * len(a))).sqrt().item()
 
 
 def mode_coverage(x: torch.Tensor, toy_name: str, min_share: float = 0.25) -> tuple[int, float]:

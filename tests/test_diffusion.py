@@ -172,6 +172,24 @@ def test_loss_is_an_unbiased_estimate_of_the_terms():
     assert abs(est - sum_terms) / sum_terms < 0.05
 
 
+def test_t_proposal_is_nichol_and_dhariwals_rule_pooled_in_bins():
+    torch.manual_seed(0)
+    model = DDPM(Schedule.cosine(1000), channels=0, hidden=32)
+    model.bin_sq.uniform_(0.5, 2.0)
+    p = model.t_probs()
+    assert p.shape == (1000,) and abs(p.sum().item() - 1) < 1e-5
+    # p(t) proportional to sqrt(E L^2) of t's bin, not divided by the bin's size
+    b = torch.bucketize(torch.arange(1, 1001), model.bin_edges, right=True) - 1
+    ratio = p / model.bin_sq.sqrt()[b]
+    torch.testing.assert_close(ratio, torch.full_like(ratio, ratio[0].item()))
+    t, inv_p, bins = model.draw_t(200_000)
+    torch.testing.assert_close(inv_p, 1 / p[t - 1])
+    torch.testing.assert_close(bins, b[t - 1])
+    freq = torch.bincount(bins, minlength=len(model.bin_sq)).float() / len(t)
+    expected = torch.zeros(len(model.bin_sq)).index_add_(0, b, p)
+    assert (freq - expected).abs().max() < 0.01
+
+
 def test_guidance_and_labels():
     torch.manual_seed(0)
     model = DDPM(Schedule.cosine(20), channels=0, hidden=32, num_classes=10).eval()

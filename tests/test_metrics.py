@@ -179,3 +179,16 @@ def test_sample_metric_errors():
         metrics.density_coverage(x[:5], x, k=5)
     with pytest.raises(ValueError, match="n >= 2"):
         metrics.kernel_distance(x[:1], x)
+
+
+def test_paired_estimate_mean_and_monte_carlo_error():
+    torch.manual_seed(0)
+    # per-example true values plus i.i.d. Monte Carlo noise of standard deviation 0.5
+    truth = 10 * torch.randn(400)
+    a, b = truth + 0.5 * torch.randn(400), truth + 0.5 * torch.randn(400)
+    mean, se = metrics.paired_estimate(a, b)
+    assert abs(mean - ((a + b) / 2).mean().item()) < 1e-5
+    # the error of the Monte Carlo draws only: 0.5 / sqrt(2 * 400), not the spread of truth
+    assert 0.8 * 0.5 / 800**0.5 < se < 1.2 * 0.5 / 800**0.5
+    with pytest.raises(ValueError, match="same length"):
+        metrics.paired_estimate(a, b[:10])

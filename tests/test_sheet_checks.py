@@ -412,6 +412,97 @@ def _ddim_eps_at_old_level(xt, eps_hat, ab_t, ab_prev):
     return math.sqrt(ab_prev) * x0_hat + math.sqrt(1 - ab_t) * eps_hat
 
 
+def _gauss_velocity_point_mass(x, t, mu, s):
+    """The velocity of a point mass at mu, (x - mu) / t: the data's spread s ignored."""
+    return (x - mu) / t
+
+
+def _gauss_velocity(x, t, mu, s, var, da=-1.0):
+    a = 1 - t
+    V = a**2 * var + t**2
+    return da * mu + (a * da * var + t) / V * (x - a * mu)
+
+
+def _gauss_velocity_std_for_variance(x, t, mu, s):
+    """The standard deviation s where the variance s^2 belongs."""
+    return _gauss_velocity(x, t, mu, s, var=s)
+
+
+def _gauss_velocity_wrong_sign(x, t, mu, s):
+    """a_t' = +1 instead of -1, in both places it appears."""
+    return _gauss_velocity(x, t, mu, s, var=s**2, da=1.0)
+
+
+def _ode_log_density(v, x0, n_steps=100, sign=1.0, div="trace", frozen_time=False):
+    """RK4 for (x, integral of the divergence), with one of the mistakes below switched on."""
+    def field(x, t):
+        x = x.detach().requires_grad_(True)
+        out = v(x, 0.0 if frozen_time else t)
+        rows = [torch.autograd.grad(out[:, i].sum(), x, retain_graph=True)[0]
+                for i in range(x.shape[1])]
+        d = (sum(r[:, i] for i, r in enumerate(rows)) if div == "trace"
+             else sum(r.sum(1) for r in rows))  # every entry of the Jacobian
+        return out.detach(), d.detach()
+
+    x, ell, h = x0.detach().clone(), torch.zeros(len(x0), dtype=x0.dtype), 1 / n_steps
+    for k in range(n_steps):
+        t = k * h
+        k1, d1 = field(x, t)
+        k2, d2 = field(x + h / 2 * k1, t + h / 2)
+        k3, d3 = field(x + h / 2 * k2, t + h / 2)
+        k4, d4 = field(x + h * k3, t + h)
+        x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        ell = ell + h / 6 * (d1 + 2 * d2 + 2 * d3 + d4)
+    log_p1 = -0.5 * x.shape[1] * math.log(2 * math.pi) - 0.5 * (x**2).sum(1)
+    return log_p1 + sign * ell
+
+
+def _ode_log_density_minus(v, x0, n_steps=100):
+    """log p_1(x_1) minus the integrated divergence (the sign of d log p / dt kept)."""
+    return _ode_log_density(v, x0, n_steps, sign=-1.0)
+
+
+def _ode_log_density_jacobian_sum(v, x0, n_steps=100):
+    """The sum of all entries of the Jacobian taken as its trace."""
+    return _ode_log_density(v, x0, n_steps, div="sum")
+
+
+def _ode_log_density_frozen_time(v, x0, n_steps=100):
+    """The field always evaluated at t = 0."""
+    return _ode_log_density(v, x0, n_steps, frozen_time=True)
+
+
+def _hutchinson(f, x, n_probes, probe, sum_first=False):
+    x = x.detach().requires_grad_(True)
+    out = f(x)
+    estimates = []
+    for _ in range(n_probes):
+        eps = probe(x)
+        grad_outputs = torch.ones_like(out) if sum_first else eps
+        (row,) = torch.autograd.grad(out, x, grad_outputs=grad_outputs, retain_graph=True)
+        estimates.append((row * eps).sum(1))
+    return torch.stack(estimates)
+
+
+def _rademacher(x):
+    return torch.randint(0, 2, x.shape, dtype=x.dtype) * 2 - 1
+
+
+def _hutchinson_gaussian(f, x, n_probes):
+    """Gaussian probes: unbiased, but not the Rademacher estimator the task asks for."""
+    return _hutchinson(f, x, n_probes, torch.randn_like)
+
+
+def _hutchinson_bernoulli(f, x, n_probes):
+    """Probes with entries 0 or 1 (randint(0, 2) without the 2 e - 1): E[eps eps^T] is not I."""
+    return _hutchinson(f, x, n_probes, lambda y: torch.randint(0, 2, y.shape, dtype=y.dtype))
+
+
+def _hutchinson_sum_first(f, x, n_probes):
+    """(1^T J) eps: the gradient of f(x).sum() dotted with the probe."""
+    return _hutchinson(f, x, n_probes, _rademacher, sum_first=True)
+
+
 WRONG = {
     ("sheet01_flows.md", "check_log_p_x"): [_log_p_x_no_jacobian, _log_p_x_no_support],
     ("sheet01_flows.md", "check_radial"): [
@@ -439,6 +530,12 @@ WRONG = {
         _kid_one_set_size],
     ("sheet04_diffusion.md", "check_forward_posterior"): [_posterior_beta_variance, _posterior_off_by_one],
     ("sheet04_diffusion.md", "check_ddim_step"): [_ddim_ancestral_mean, _ddim_eps_at_old_level],
+    ("sheet05_flow_matching.md", "check_gaussian_velocity"): [
+        _gauss_velocity_point_mass, _gauss_velocity_std_for_variance, _gauss_velocity_wrong_sign],
+    ("sheet05_flow_matching.md", "check_ode_log_density"): [
+        _ode_log_density_minus, _ode_log_density_jacobian_sum, _ode_log_density_frozen_time],
+    ("sheet05_flow_matching.md", "check_hutchinson"): [
+        _hutchinson_gaussian, _hutchinson_bernoulli, _hutchinson_sum_first],
 }
 
 

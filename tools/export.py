@@ -34,6 +34,7 @@ EXPORTS: dict[str, tuple[str, str]] = {
     "book/04_gans.md": ("dgm/gans.py", "Generative adversarial networks: the GAN losses, MLP generator and discriminator, gradient penalties, the training loop."),
     "book/05_diffusion.md": ("dgm/diffusion.py", "Denoising diffusion: schedules, the forward process and its posterior, samplers (DDPM, DDIM), Langevin dynamics, the digits DDPM with a valid likelihood bound."),
     "book/06_diffusion_design.md": ("dgm/diffusion_design.py", "Diffusion in practice: classifier guidance with a noise-conditional classifier, EDM's preconditioning and samplers (Euler, Heun), latent diffusion on a VAE's codes, masked (absorbing-state) discrete diffusion."),
+    "book/07_flow_matching.md": ("dgm/flow_matching.py", "Flow matching: continuous normalizing flows (exact and Hutchinson divergences, ODE solvers, log-densities), Gaussian probability paths, conditional flow matching with independent, optimal-transport or fixed couplings, the digits bound."),
 }
 
 

@@ -1,0 +1,213 @@
+"""Flow-matching models of the flow-matching chapter, trained longer than in the chapter.
+
+    .venv/bin/python benchmarks/flow_matching.py                 # both parts; writes benchmarks/results/flow_matching.json
+    .venv/bin/python benchmarks/flow_matching.py --part digits   # only the digits (updates its part of the file)
+    .venv/bin/python benchmarks/flow_matching.py --part toys     # only the 2D toys
+    .venv/bin/python benchmarks/flow_matching.py --quick         # a smoke run with tiny budgets (nothing written)
+
+* **toys**: ``FlowMatching(toy_net(), 2)`` (linear path, independent coupling) on 8gaussians,
+  checkerboard, moons and the 5x5 grid, 3 seeds each. Reported: the exact held-out
+  ``NLL - entropy`` (the KL divergence from the true density, with its standard error) on 20 000
+  fresh points where the toy has a known density, by RK4 with the exact divergence; components
+  covered and the share of high-quality samples (dgm.metrics.mode_coverage, 10 000 samples) on the
+  two mixtures.
+* **digits**: ``FlowMatching(DigitsDenoiser(64, 64), 64, num_classes=10, p_uncond=0.2)`` on the
+  1000 dequantized training digits, early stopping on the validation bound. Reported: the valid
+  upper bound on -log P(x) in nats per test image (dequantization, eq-fm-digits-bound; two
+  independent draws of the dequantization and of Hutchinson's probes give the Monte Carlo error,
+  dgm.metrics.paired_estimate) with RK4 at 10, 20, 40 and 80 steps, the same dequantizations for each,
+  and the differences between step counts image by image (the solver's error); for several
+  solvers and step counts the digits scores (FDD, KID, precision/recall, density/coverage) of 350
+  unconditional samples against the test split (3 sampling seeds) and the wall time per 100
+  samples; classifier-free guidance at several weights (the classifier's accuracy on the
+  requested digit, FDD).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dgm import data, metrics
+from dgm.diffusion import DigitsDenoiser, train_diffusion
+from dgm.flow_matching import FlowMatching, digits_nll_bound, digits_to_unit, toy_net, unit_to_digits
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "flow_matching.json"
+
+TOYS_KL = ["8gaussians", "checkerboard", "moons"]
+TOYS_MODES = ["8gaussians", "grid"]
+TOY_EPOCHS, DIGITS_EPOCHS, EVAL_EVERY = 150, 600, 25
+BOUND_STEPS = [10, 20, 40, 80]
+SAMPLERS = [("euler", 10), ("euler", 50), ("heun", 10), ("heun", 50), ("rk4", 25)]
+SAMPLE_SEEDS = [0, 1, 2]
+GUIDANCE = [0.0, 1.0, 2.0, 4.0]
+
+
+def spread(values) -> dict:
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+
+
+def toys_part(quick: bool) -> dict:
+    results, epochs, n_eval = {}, 1 if quick else TOY_EPOCHS, 500 if quick else 20_000
+    for toy in dict.fromkeys(TOYS_KL + TOYS_MODES):
+        runs = []
+        for seed in [0] if quick else [0, 1, 2]:
+            torch.manual_seed(seed)
+            model = FlowMatching(toy_net(), 2)
+            start = time.perf_counter()
+            train_diffusion(model, data.toy(toy, 20_000, seed=seed), epochs=epochs, batch_size=256,
+                            lr=2e-3, ema=0.995, seed=seed)
+            run = {"seed": seed, "train_minutes": (time.perf_counter() - start) / 60}
+            if toy in TOYS_KL:
+                x = data.toy(toy, n_eval, seed=1000 + seed)
+                gap = data.toy_log_prob(toy, x).double() - model.log_prob(x, steps=20, method="rk4").double()
+                run.update(kl_nats=gap.mean().item(), kl_se_nats=(gap.std() / math.sqrt(len(x))).item())
+            if toy in TOYS_MODES:
+                torch.manual_seed(100 + seed)
+                covered, quality = metrics.mode_coverage(model.sample(10_000, steps=50, method="heun"), toy)
+                run.update(covered=covered, high_quality=quality)
+            runs.append(run)
+            print(toy, run, flush=True)
+        entry = {"runs": runs, "epochs": epochs}
+        for key in ["kl_nats", "covered", "high_quality"]:
+            if key in runs[0]:
+                entry[key] = spread([r[key] for r in runs])
+        if toy in TOYS_KL:
+            entry["entropy_nats"] = data.toy_entropy(toy)
+        if toy in TOYS_MODES:
+            entry["components"] = len(data.toy_components(toy)[0])
+        results[toy] = entry
+    return results
+
+
+def test_bounds(model, x, step_counts, seed: int = 1) -> dict:
+    """The bound with RK4 at each step count: two draws per image, the same two dequantizations
+    for every step count (fresh probes), so that the step counts can be compared image by image.
+
+    Per step count: the mean and its Monte Carlo error (dgm.metrics.paired_estimate) and the
+    time per 100 images; per pair of step counts, the mean difference and its standard error
+    over the images (the solver's error, with the probes' noise).
+    """
+    out, per_image = {}, {}
+    for steps in step_counts:
+        t0 = time.perf_counter()
+        draws = []
+        for k in range(2):
+            u_gen, probe_gen = torch.Generator().manual_seed(seed + k), torch.Generator().manual_seed(100 + seed + k)
+            draws.append(digits_nll_bound(model, x, steps=steps, generator=u_gen, probe_generator=probe_gen))
+        mean, se = metrics.paired_estimate(*draws)
+        per_image[steps] = (draws[0] + draws[1]).double() / 2
+        out[str(steps)] = {"test_bound": mean, "test_bound_mc_se": se,
+                           "seconds_per_100": (time.perf_counter() - t0) / (2 * len(x) / 100)}
+        print(f"   RK4 {steps} steps: test bound {mean:.2f} +- {se:.3f}", flush=True)
+    finest = max(step_counts)
+    diffs = {f"{k}-{finest}": {"mean": (per_image[k] - per_image[finest]).mean().item(),
+                               "se": ((per_image[k] - per_image[finest]).std() / math.sqrt(len(x))).item()}
+             for k in step_counts if k != finest}
+    return {"bounds": out, "solver_differences": diffs}
+
+
+def digits_part(quick: bool, save: str | None = None) -> dict:
+    epochs = 2 if quick else DIGITS_EPOCHS
+    (x_train, y_train), x_val, x_test = data.digits("train", labels=True), data.digits("val"), data.digits("test")
+    if quick:
+        x_val, x_test = x_val[:8], x_test[:8]
+    torch.manual_seed(0)
+    model = FlowMatching(DigitsDenoiser(64, 64), 64, num_classes=10, p_uncond=0.2)
+    print("digits: FlowMatching, conditional, linear path", flush=True)
+    start = time.perf_counter()
+    gen = torch.Generator()
+
+    def val(m):
+        gen.manual_seed(0)  # the same u and probes at every evaluation
+        return digits_nll_bound(m, x_val, steps=10, generator=gen).mean().item()
+
+    history = train_diffusion(model, x_train, y_train, epochs=epochs, batch_size=50, lr=1e-3, ema=0.99,
+                              augment=digits_to_unit, val=val, eval_every=min(EVAL_EVERY, epochs), seed=0,
+                              log=lambda s: print("  ", s, f"({time.perf_counter() - start:.0f} s)", flush=True))
+    minutes = (time.perf_counter() - start) / 60
+    best = history["val_epoch"][min(range(len(history["val"])), key=history["val"].__getitem__)]
+    bounds = test_bounds(model, x_test, BOUND_STEPS[:2] if quick else BOUND_STEPS)
+    if save:
+        torch.save(model.state_dict(), save)
+    gen.manual_seed(2)
+    val_bound = digits_nll_bound(model, x_val, steps=20, generator=gen).mean().item()
+
+    samplers = []
+    for method, steps in SAMPLERS[:1] if quick else SAMPLERS:
+        scores, seconds = [], []
+        for seed in SAMPLE_SEEDS[:1] if quick else SAMPLE_SEEDS:
+            torch.manual_seed(seed)
+            t0 = time.perf_counter()
+            xs = unit_to_digits(model.sample(350, steps=steps, method=method))
+            seconds.append((time.perf_counter() - t0) / 3.5)
+            scores.append(metrics.digits_scores(xs, x_test))
+        fdds = [s["fdd"] for s in scores]
+        samplers.append({"method": method, "steps": steps, "evaluations": steps * {"euler": 1, "heun": 2, "rk4": 4}[method],
+                         "fdd": spread(fdds), "scores": {k: spread([s[k] for s in scores]) for k in scores[0]},
+                         "seconds_per_100": statistics.fmean(seconds)})
+        print(f"   {method} {steps} steps: FDD {statistics.fmean(fdds):.2f}, "
+              f"{statistics.fmean(seconds):.2f} s / 100", flush=True)
+
+    classifier = metrics.digits_classifier()
+    labels = torch.arange(10).repeat_interleave(35)
+    guidance = []
+    for w in GUIDANCE:
+        torch.manual_seed(7)
+        xs = unit_to_digits(model.sample(len(labels), steps=25, method="heun", y=labels, w=w))
+        with torch.no_grad():
+            acc = (classifier(xs).argmax(1) == labels).float().mean().item()
+        guidance.append({"w": w, "accuracy": acc, "fdd": metrics.frechet_digits_distance(xs, x_test)})
+        print(f"   guidance w = {w}: accuracy {100 * acc:.1f} %, FDD {guidance[-1]['fdd']:.2f}", flush=True)
+    return {
+        "config": {"model": "FlowMatching(DigitsDenoiser(64, 64), 64, num_classes=10, p_uncond=0.2): linear path, "
+                            "independent coupling, 6 residual 3x3 conv layers of 64 channels",
+                   "training": f"AdamW lr 1e-3, batch 50, EMA 0.99, up to {epochs} epochs on dequantized digits "
+                               f"scaled to [-1, 1), validation bound (RK4, 10 steps, one draw) every "
+                               f"{min(EVAL_EVERY, epochs)} epochs, best kept",
+                   "bound": "uniform dequantization (Jensen) + the ODE's log-density by RK4 with Hutchinson's "
+                            "estimator (a fresh Rademacher probe per evaluation); unconditional (null label)"},
+        **bounds, "val_bound": val_bound, "best_epoch": best, "train_minutes": minutes,
+        "parameters": sum(p.numel() for p in model.parameters()), "history": history,
+        "samplers": samplers, "sample_seeds": SAMPLE_SEEDS[:1] if quick else SAMPLE_SEEDS,
+        "n_samples": 350, "guidance": guidance, "guidance_samples": len(labels),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budgets, nothing written")
+    parser.add_argument("--part", choices=["digits", "toys"], help="run one part and update it in the file")
+    parser.add_argument("--note", help="a note kept in the results, e.g. that the machine was shared")
+    parser.add_argument("--save", help="also save the trained digits model's state_dict here (not in the results)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, the book's machine)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = json.loads(OUT.read_text()) if OUT.exists() and not args.quick else {}
+    if args.part in (None, "toys"):
+        results["toys"] = toys_part(args.quick)
+    if args.part in (None, "digits"):
+        results["digits"] = digits_part(args.quick, args.save)
+    if args.quick:
+        print("quick run: nothing written")
+        return 0
+    results.update({"date": dt.date.today().isoformat(), "cpus": torch.get_num_threads(), "torch": torch.__version__})
+    if args.note:
+        results["note"] = args.note
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

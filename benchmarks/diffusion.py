@@ -22,15 +22,13 @@
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from common import run_parts, spread, two_part_arguments, write_results
 
 from dgm import data, metrics
 from dgm.diffusion import DDPM, GaussianDiffusion, Schedule, train_diffusion
@@ -44,9 +42,6 @@ SAMPLERS = [("DDPM", 1.0, 1000), ("DDPM", 1.0, 250), ("DDIM", 0.0, 250), ("DDIM"
 SAMPLE_SEEDS = [0, 1, 2]
 T_RANGES = [(1, 10), (10, 50), (50, 200), (200, 500), (500, 1001)]
 
-
-def spread(values) -> dict:
-    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
 
 
 def train_digits(model: DDPM, epochs: int) -> tuple[dict, float]:
@@ -162,28 +157,11 @@ def toys_part(quick: bool) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny budgets, nothing written")
-    parser.add_argument("--part", choices=["digits", "toys"], help="run one part and update it in the file")
-    parser.add_argument("--note", help="a note kept in the results, e.g. that the machine was shared")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, the book's machine)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    results = json.loads(OUT.read_text()) if OUT.exists() and not args.quick else {}
-    if args.part in (None, "toys"):
-        results["toys"] = toys_part(args.quick)
-    if args.part in (None, "digits"):
-        results["digits"] = digits_part(args.quick)
-    if args.quick:
-        print("quick run: nothing written")
-        return 0
-    results.update({"date": dt.date.today().isoformat(), "cpus": torch.get_num_threads(), "torch": torch.__version__})
-    results.pop("scores_note", None)  # the scores now come from the same run as the rest
-    if args.note:
-        results["note"] = args.note
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {OUT}")
+    args = two_part_arguments(__doc__, argv)
+    results = run_parts(OUT, args, {"toys": toys_part, "digits": digits_part})
+    if results is not None:
+        results.pop("scores_note", None)  # the scores now come from the same run as the rest
+        write_results(OUT, results, args.note)
     return 0
 
 

@@ -25,9 +25,6 @@
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
 import math
 import statistics
 import sys
@@ -35,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import run_parts, spread, two_part_arguments, write_results
 
 from dgm import data, metrics
 from dgm.diffusion import DigitsDenoiser, train_diffusion
@@ -51,9 +49,6 @@ SAMPLERS = [("euler", 10), ("euler", 50), ("heun", 10), ("heun", 50), ("rk4", 25
 SAMPLE_SEEDS = [0, 1, 2]
 GUIDANCE = [0.0, 1.0, 2.0, 4.0]
 
-
-def spread(values) -> dict:
-    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
 
 
 def toys_part(quick: bool) -> dict:
@@ -184,28 +179,12 @@ def digits_part(quick: bool, save: str | None = None) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny budgets, nothing written")
-    parser.add_argument("--part", choices=["digits", "toys"], help="run one part and update it in the file")
-    parser.add_argument("--note", help="a note kept in the results, e.g. that the machine was shared")
-    parser.add_argument("--save", help="also save the trained digits model's state_dict here (not in the results)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, the book's machine)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    results = json.loads(OUT.read_text()) if OUT.exists() and not args.quick else {}
-    if args.part in (None, "toys"):
-        results["toys"] = toys_part(args.quick)
-    if args.part in (None, "digits"):
-        results["digits"] = digits_part(args.quick, args.save)
-    if args.quick:
-        print("quick run: nothing written")
-        return 0
-    results.update({"date": dt.date.today().isoformat(), "cpus": torch.get_num_threads(), "torch": torch.__version__})
-    if args.note:
-        results["note"] = args.note
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {OUT}")
+    args = two_part_arguments(__doc__, argv, [("--save", "also save the trained digits model's "
+                                                          "state_dict here (not in the results)")])
+    results = run_parts(OUT, args, {"toys": toys_part,
+                                    "digits": lambda quick: digits_part(quick, args.save)})
+    if results is not None:
+        write_results(OUT, results, args.note)
     return 0
 
 

@@ -131,6 +131,30 @@ def time_embedding(logsnr: torch.Tensor, dim: int = 64) -> torch.Tensor:
     return torch.cat([torch.sin(arg), torch.cos(arg)], 1)
 
 
+def with_label(h: torch.Tensor, label: nn.Embedding | None, y: torch.Tensor | None,
+               p_uncond: float = 0.0, training: bool = False) -> torch.Tensor:
+    """Features h (n, emb) with those of the label y appended: (n, 2 emb).
+
+    label embeds the classes and, in its last row, the null label, used for y = None;
+    in training, labels are replaced by the null label with probability p_uncond, so
+    that the model also learns the unconditional distribution. A model without labels
+    has label = None and gets h itself.
+    Defined in book/05_diffusion.md, section "Training on 2D data".
+    """
+    if label is None:
+        if y is not None:
+            raise ValueError("this model has no labels (num_classes=0): "
+                             "call it with y=None")
+        return h
+    null = label.num_embeddings - 1
+    if y is None:
+        y = torch.full((len(h),), null, dtype=torch.long)
+    elif training and p_uncond > 0:
+        # drop labels so that the model also learns p(x)
+        y = torch.where(torch.rand(len(y)) < p_uncond, torch.full_like(y, null), y)
+    return torch.cat([h, label(y)], 1)
+
+
 class Diffusion(nn.Module):
     """What the diffusion models share: a schedule, optional labels, the sampler.
 
@@ -153,18 +177,7 @@ class Diffusion(nn.Module):
         Shape (n, emb or 2 emb).
         """
         h = time_embedding(self.schedule.logsnr[t - 1], self.emb)
-        if self.label is None:
-            if y is not None:
-                raise ValueError("this model has no labels (num_classes=0): "
-                                 "call it with y=None")
-            return h
-        if y is None:
-            y = torch.full((len(t),), self.num_classes, dtype=torch.long)
-        elif self.training and self.p_uncond > 0:
-            # drop labels so that the model also learns p(x)
-            y = torch.where(torch.rand(len(y)) < self.p_uncond,
-                            torch.full_like(y, self.num_classes), y)
-        return torch.cat([h, self.label(y)], 1)
+        return with_label(h, self.label, y, self.p_uncond, self.training)
 
     def x0_hat(self, xt: torch.Tensor, t: torch.Tensor, y=None) -> torch.Tensor:
         raise NotImplementedError

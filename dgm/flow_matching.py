@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from dgm import data
-from dgm.diffusion import DigitsDenoiser, time_embedding
+from dgm.diffusion import DigitsDenoiser, time_embedding, with_label
 
 
 def _as_time(t, x: torch.Tensor) -> torch.Tensor:
@@ -42,22 +42,22 @@ def divergence(v, x: torch.Tensor, t, create_graph: bool = False):
 
 def hutchinson_divergence(v, x: torch.Tensor, t, probe: str = "rademacher",
                           create_graph: bool = False, generator=None):
-    """v(x, t) and Hutchinson's estimate r^T (dv/dx) r of its divergence.
+    """v(x, t) and Hutchinson's estimate xi^T (dv/dx) xi of its divergence.
 
-    One probe r per row, E[r r^T] = I ("rademacher": entries +-1, "gaussian":
+    One probe xi per row, E[xi xi^T] = I ("rademacher": entries +-1, "gaussian":
     N(0, 1)), so the estimate is unbiased; it costs one vector-Jacobian product.
     Defined in book/07_flow_matching.md, section "Continuous normalizing flows".
     """
     if probe not in ("rademacher", "gaussian"):
         raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
-    r = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    xi = torch.randn(x.shape, generator=generator, dtype=x.dtype)
     if probe == "rademacher":
-        r = torch.where(r < 0, -1.0, 1.0).to(x.dtype)
+        xi = torch.where(xi < 0, -1.0, 1.0).to(x.dtype)
     with torch.enable_grad():
         x = _with_grad(x, create_graph)
         out = v(x, _as_time(t, x))
-        (vjp,) = torch.autograd.grad(out, x, r, create_graph=create_graph)
-    est = (vjp * r).sum(1)
+        (vjp,) = torch.autograd.grad(out, x, xi, create_graph=create_graph)
+    est = (vjp * xi).sum(1)
     return (out, est) if create_graph else (out.detach(), est.detach())
 
 
@@ -245,17 +245,7 @@ class FlowMatching(nn.Module):
     def condition(self, t: torch.Tensor, y=None) -> torch.Tensor:
         """Features (n, emb or 2 emb) of the times t in [0, 1] (n,) and labels y."""
         h = time_embedding(2 * t, self.emb)     # frequencies 0.1 to 100 per unit of t
-        if self.label is None:
-            if y is not None:
-                raise ValueError("this model has no labels (num_classes=0): "
-                                 "call it with y=None")
-            return h
-        if y is None:
-            y = torch.full((len(t),), self.num_classes, dtype=torch.long)
-        elif self.training and self.p_uncond > 0:
-            y = torch.where(torch.rand(len(y)) < self.p_uncond,
-                            torch.full_like(y, self.num_classes), y)
-        return torch.cat([h, self.label(y)], 1)
+        return with_label(h, self.label, y, self.p_uncond, self.training)
 
     def velocity(self, x: torch.Tensor, t, y=None, w: float = 0.0) -> torch.Tensor:
         """v_theta(x, t, y); with guidance weight w, (1 + w) v(x, t, y) - w v(x, t)."""

@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import sys
@@ -111,7 +112,29 @@ def test_bounds(model, x, step_counts, seed: int = 1) -> dict:
     return {"bounds": out, "solver_differences": diffs}
 
 
-def digits_part(quick: bool, save: str | None = None) -> dict:
+def dequantization_spread(model, x, steps: int = 10, seed: int = 7) -> dict:
+    """How much the bound varies with the dequantization u, separated from the probes' noise.
+
+    Three draws per image: (u_1, probes 1), (u_1, probes 2), (u_2, probes 3). The first two
+    differ only by the probes, the first and last by both, so
+    Var_u = (E[(B_11 - B_23)^2] - E[(B_11 - B_12)^2]) / 2, image by image and averaged. If
+    log p(x_tilde) is roughly normal over u, the Jensen gap of the dequantization bound,
+    E_u[-log p] - (-log E_u p), is about Var_u / 2: how far the bound lies above the
+    model's own -log P(x).
+    """
+    def draw(u_seed, probe_seed):
+        return digits_nll_bound(model, x, steps=steps, generator=torch.Generator().manual_seed(u_seed),
+                                probe_generator=torch.Generator().manual_seed(probe_seed)).double()
+
+    b11, b12, b23 = draw(seed, 1000 + seed), draw(seed, 2000 + seed), draw(seed + 1, 3000 + seed)
+    var_probe = ((b11 - b12) ** 2).mean().item() / 2
+    var_total = ((b11 - b23) ** 2).mean().item() / 2
+    var_u = max(var_total - var_probe, 0.0)
+    return {"steps": steps, "var_probes": var_probe, "var_u": var_u, "gap_estimate": var_u / 2}
+
+
+def digits_part(quick: bool, save: str | None = None, load: str | None = None,
+                previous: dict | None = None) -> dict:
     epochs = 2 if quick else DIGITS_EPOCHS
     (x_train, y_train), x_val, x_test = data.digits("train", labels=True), data.digits("val"), data.digits("test")
     if quick:
@@ -126,12 +149,19 @@ def digits_part(quick: bool, save: str | None = None) -> dict:
         gen.manual_seed(0)  # the same u and probes at every evaluation
         return digits_nll_bound(m, x_val, steps=10, generator=gen).mean().item()
 
-    history = train_diffusion(model, x_train, y_train, epochs=epochs, batch_size=50, lr=1e-3, ema=0.99,
-                              augment=digits_to_unit, val=val, eval_every=min(EVAL_EVERY, epochs), seed=0,
-                              log=lambda s: print("  ", s, f"({time.perf_counter() - start:.0f} s)", flush=True))
-    minutes = (time.perf_counter() - start) / 60
+    if load:  # evaluate a model saved by --save; the training record comes from the file
+        model.load_state_dict(torch.load(load))
+        model.eval()
+        history, minutes = previous["history"], previous["train_minutes"]
+    else:
+        history = train_diffusion(model, x_train, y_train, epochs=epochs, batch_size=50, lr=1e-3, ema=0.99,
+                                  augment=digits_to_unit, val=val, eval_every=min(EVAL_EVERY, epochs), seed=0,
+                                  log=lambda s: print("  ", s, f"({time.perf_counter() - start:.0f} s)", flush=True))
+        minutes = (time.perf_counter() - start) / 60
     best = history["val_epoch"][min(range(len(history["val"])), key=history["val"].__getitem__)]
     bounds = test_bounds(model, x_test, BOUND_STEPS[:2] if quick else BOUND_STEPS)
+    bounds["dequantization"] = dequantization_spread(model, x_test)
+    print(f"   dequantization: {bounds['dequantization']}", flush=True)
     if save:
         torch.save(model.state_dict(), save)
     gen.manual_seed(2)
@@ -179,10 +209,13 @@ def digits_part(quick: bool, save: str | None = None) -> dict:
 
 
 def main(argv=None) -> int:
-    args = two_part_arguments(__doc__, argv, [("--save", "also save the trained digits model's "
-                                                          "state_dict here (not in the results)")])
-    results = run_parts(OUT, args, {"toys": toys_part,
-                                    "digits": lambda quick: digits_part(quick, args.save)})
+    args = two_part_arguments(__doc__, argv, [
+        ("--save", "also save the trained digits model's state_dict here (not in the results)"),
+        ("--load", "evaluate this saved digits model instead of training one (keeps the training "
+                   "record of the results file)")])
+    previous = (json.loads(OUT.read_text()).get("digits") if OUT.exists() else None)
+    results = run_parts(OUT, args, {"toys": toys_part, "digits": lambda quick: digits_part(
+        quick, args.save, args.load, previous)})
     if results is not None:
         write_results(OUT, results, args.note)
     return 0

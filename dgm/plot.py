@@ -24,7 +24,7 @@ COLORS: dict[str, str] = {
     "vae": "#2ca02c",
     "gan": "#d62728",
     "diffusion": "#9467bd",
-    "flow_matching": "#bcbd22",
+    "flow_matching": "#6b8e23",
     "autoregressive": "#ff7f0e",
     "independent": "#7f7f7f",
     "vi": "#17becf",          # a variational approximation q (reverse KL)

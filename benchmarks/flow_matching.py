@@ -37,7 +37,7 @@ from common import run_parts, spread, two_part_arguments, write_results
 
 from dgm import data, metrics
 from dgm.diffusion import DigitsDenoiser, train_diffusion
-from dgm.flow_matching import FlowMatching, digits_nll_bound, digits_to_unit, toy_net, unit_to_digits
+from dgm.flow_matching import SOLVERS, FlowMatching, digits_nll_bound, digits_to_unit, toy_net, unit_to_digits
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "flow_matching.json"
@@ -177,7 +177,7 @@ def digits_part(quick: bool, save: str | None = None, load: str | None = None,
             seconds.append((time.perf_counter() - t0) / 3.5)
             scores.append(metrics.digits_scores(xs, x_test))
         fdds = [s["fdd"] for s in scores]
-        samplers.append({"method": method, "steps": steps, "evaluations": steps * {"euler": 1, "heun": 2, "rk4": 4}[method],
+        samplers.append({"method": method, "steps": steps, "evaluations": steps * SOLVERS[method],
                          "fdd": spread(fdds), "scores": {k: spread([s[k] for s in scores]) for k in scores[0]},
                          "seconds_per_100": statistics.fmean(seconds)})
         print(f"   {method} {steps} steps: FDD {statistics.fmean(fdds):.2f}, "

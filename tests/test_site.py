@@ -6,6 +6,7 @@ request that does not go to the local server, so they also prove the site works 
 
 from __future__ import annotations
 
+import functools
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -51,7 +52,9 @@ class _Page(HTMLParser):
             self.images.append(a["src"])
 
 
+@functools.lru_cache(maxsize=None)
 def parse(path: Path) -> _Page:
+    """The parsed page, once per path: the site does not change while the tests run."""
     page = _Page()
     page.feed(path.read_text())
     return page

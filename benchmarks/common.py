@@ -10,9 +10,29 @@ import argparse
 import datetime as dt
 import json
 import statistics
+import time
 from pathlib import Path
 
 import torch
+
+
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"  # trained models, not in git
+
+
+def checkpoint(name: str) -> Path:
+    """Where a benchmark keeps the state_dict of its trained model `name` (for compare.py)."""
+    CHECKPOINTS.mkdir(exist_ok=True)
+    return CHECKPOINTS / f"{name}.pt"
+
+
+def best_seconds(fn, repeat: int = 3) -> float:
+    """The fastest of `repeat` wall-clock timings of fn() in seconds (the least disturbed run)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def spread(values) -> dict:
@@ -31,15 +51,15 @@ def write_results(out: Path, results: dict, note: str | None = None) -> None:
     print(f"wrote {out}")
 
 
-def two_part_arguments(doc: str, argv=None, extra=()) -> argparse.Namespace:
-    """The options of a benchmark with a toys and a digits part, parsed; sets torch's threads.
+def two_part_arguments(doc: str, argv=None, extra=(), parts=("digits", "toys")) -> argparse.Namespace:
+    """The options of a benchmark with a toys and a digits part (or `parts`), parsed; sets threads.
 
     --quick (tiny budgets, nothing written), --part digits|toys, --note, --threads, and the
     extra options given as (flag, help) pairs.
     """
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets, nothing written")
-    parser.add_argument("--part", choices=["digits", "toys"],
+    parser.add_argument("--part", choices=list(parts),
                         help="run one part and update it in the file")
     parser.add_argument("--note", help="a note kept in the results, e.g. that the machine was shared")
     parser.add_argument("--threads", type=int, default=2,

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/diffusion.py                 # both parts; writes benchmarks/results/diffusion.json
     .venv/bin/python benchmarks/diffusion.py --part digits   # only the digits (updates its part of the file)
     .venv/bin/python benchmarks/diffusion.py --part toys     # only the 2D toys
+    .venv/bin/python benchmarks/diffusion.py --part seeds    # the digits model with training seeds 1 and 2
     .venv/bin/python benchmarks/diffusion.py --quick         # a smoke run with tiny budgets (nothing written)
 
 * **digits**: ``dgm.diffusion.DDPM()`` with its defaults (categorical denoiser, convolutional
@@ -16,6 +17,8 @@
   digits distance of 350 samples to the test split (3 sampling seeds), the other scores of
   dgm.metrics.digits_scores (KID, precision/recall, density/coverage) on the same samples, and the
   wall time per 100 samples.
+* **seeds**: the digits part's model trained with seeds 1 and 2, each with its test bound (all
+  1000 terms, twice): the spread of the bound over training seeds.
 * **toys**: ``GaussianDiffusion`` on 8gaussians and the 5x5 grid, 3 seeds each: components covered
   and the share of high-quality samples (dgm.metrics.mode_coverage on 10 000 samples).
 """
@@ -28,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import run_parts, spread, two_part_arguments, write_results
+from common import checkpoint, run_parts, spread, two_part_arguments, write_results
 
 from dgm import data, metrics
 from dgm.diffusion import DDPM, GaussianDiffusion, Schedule, train_diffusion
@@ -40,14 +43,15 @@ EPOCHS, EVAL_EVERY = 120, 10
 SAMPLERS = [("DDPM", 1.0, 1000), ("DDPM", 1.0, 250), ("DDIM", 0.0, 250), ("DDIM", 0.0, 50), ("DDPM", 1.0, 50),
             ("DDIM", 0.0, 10)]
 SAMPLE_SEEDS = [0, 1, 2]
+SEEDS = [0, 1, 2]  # training seeds: 0 in the digits part, the others in the seeds part
 T_RANGES = [(1, 10), (10, 50), (50, 200), (200, 500), (500, 1001)]
 
 
 
-def train_digits(model: DDPM, epochs: int) -> tuple[dict, float]:
+def train_digits(model: DDPM, epochs: int, seed: int = 0) -> tuple[dict, float]:
     x_train, x_val = data.digits("train"), data.digits("val")
     start = time.perf_counter()
-    history = train_diffusion(model, x_train, epochs=epochs, eval_every=min(EVAL_EVERY, epochs), seed=0,
+    history = train_diffusion(model, x_train, epochs=epochs, eval_every=min(EVAL_EVERY, epochs), seed=seed,
                               val=lambda m: m.nll_bound(x_val, t_samples=100).mean().item(),
                               log=lambda s: print("  ", s, f"({time.perf_counter() - start:.0f} s)", flush=True))
     return history, (time.perf_counter() - start) / 60
@@ -89,6 +93,8 @@ def digits_part(quick: bool) -> dict:
     model = DDPM()
     print("digits: DDPM() with the categorical denoiser", flush=True)
     history, minutes = train_digits(model, epochs)
+    if not quick:  # for benchmarks/compare.py
+        torch.save(model.state_dict(), checkpoint("diffusion"))
     ev, test_terms = evaluate_bound(model, x_val, x_test)
     print(f"   test bound {ev['test_bound']:.2f} +- {ev['test_bound_mc_se']:.3f}, "
           f"validation {ev['val_bound']:.2f}", flush=True)
@@ -135,6 +141,28 @@ def digits_part(quick: bool) -> dict:
     }
 
 
+def seeds_part(quick: bool) -> dict:
+    """The digits DDPM of the digits part, trained again with the other seeds: the test bound
+    (all T terms, twice) of each, for the spread over training seeds."""
+    epochs = 2 if quick else EPOCHS
+    x_val, x_test = data.digits("val"), data.digits("test")
+    if quick:
+        x_val, x_test = x_val[:8], x_test[:8]
+    runs = []
+    for seed in SEEDS[1:]:
+        torch.manual_seed(seed)
+        model = DDPM()
+        print(f"digits: DDPM(), seed {seed}", flush=True)
+        history, minutes = train_digits(model, epochs, seed=seed)
+        ev, _ = evaluate_bound(model, x_val, x_test)
+        best = history["val_epoch"][min(range(len(history["val"])), key=history["val"].__getitem__)]
+        runs.append({"seed": seed, "test_bound": ev["test_bound"], "test_bound_mc_se": ev["test_bound_mc_se"],
+                     "val_bound": ev["val_bound"], "best_epoch": best, "train_minutes": minutes})
+        print(f"   test bound {ev['test_bound']:.2f} +- {ev['test_bound_mc_se']:.3f}", flush=True)
+    return {"what": "the digits part's model and training with seeds " + ", ".join(map(str, SEEDS[1:])),
+            "runs": runs}
+
+
 def toys_part(quick: bool) -> dict:
     results, toy_epochs = {}, 1 if quick else 150
     for toy in ["8gaussians", "grid"]:
@@ -157,8 +185,8 @@ def toys_part(quick: bool) -> dict:
 
 
 def main(argv=None) -> int:
-    args = two_part_arguments(__doc__, argv)
-    results = run_parts(OUT, args, {"toys": toys_part, "digits": digits_part})
+    args = two_part_arguments(__doc__, argv, parts=("digits", "toys", "seeds"))
+    results = run_parts(OUT, args, {"toys": toys_part, "digits": digits_part, "seeds": seeds_part})
     if results is not None:
         results.pop("scores_note", None)  # the scores now come from the same run as the rest
         write_results(OUT, results, args.note)

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import run_parts, spread, two_part_arguments, write_results
+from common import checkpoint, run_parts, spread, two_part_arguments, write_results
 
 from dgm import data, metrics
 from dgm.diffusion import DigitsDenoiser, train_diffusion
@@ -133,37 +133,49 @@ def dequantization_spread(model, x, steps: int = 10, seed: int = 7) -> dict:
     return {"steps": steps, "var_probes": var_probe, "var_u": var_u, "gap_estimate": var_u / 2}
 
 
-def digits_part(quick: bool, save: str | None = None, load: str | None = None,
-                previous: dict | None = None) -> dict:
-    epochs = 2 if quick else DIGITS_EPOCHS
-    (x_train, y_train), x_val, x_test = data.digits("train", labels=True), data.digits("val"), data.digits("test")
-    if quick:
-        x_val, x_test = x_val[:8], x_test[:8]
+def digits_model() -> FlowMatching:
+    """The benchmark's (untrained) class-conditional flow-matching model of the digits."""
     torch.manual_seed(0)
-    model = FlowMatching(DigitsDenoiser(64, 64), 64, num_classes=10, p_uncond=0.2)
-    print("digits: FlowMatching, conditional, linear path", flush=True)
-    start = time.perf_counter()
+    return FlowMatching(DigitsDenoiser(64, 64), 64, num_classes=10, p_uncond=0.2)
+
+
+def train_digits_model(model: FlowMatching, epochs: int, x_val, log=None) -> dict:
+    """Train in place with early stopping on the validation bound; returns the history."""
+    x_train, y_train = data.digits("train", labels=True)
     gen = torch.Generator()
 
     def val(m):
         gen.manual_seed(0)  # the same u and probes at every evaluation
         return digits_nll_bound(m, x_val, steps=10, generator=gen).mean().item()
 
+    return train_diffusion(model, x_train, y_train, epochs=epochs, batch_size=50, lr=1e-3, ema=0.99,
+                           augment=digits_to_unit, val=val, eval_every=min(EVAL_EVERY, epochs), seed=0, log=log)
+
+
+def digits_part(quick: bool, save: str | None = None, load: str | None = None,
+                previous: dict | None = None) -> dict:
+    epochs = 2 if quick else DIGITS_EPOCHS
+    x_val, x_test = data.digits("val"), data.digits("test")
+    if quick:
+        x_val, x_test = x_val[:8], x_test[:8]
+    model = digits_model()
+    print("digits: FlowMatching, conditional, linear path", flush=True)
+    start = time.perf_counter()
+    gen = torch.Generator()
     if load:  # evaluate a model saved by --save; the training record comes from the file
         model.load_state_dict(torch.load(load))
         model.eval()
         history, minutes = previous["history"], previous["train_minutes"]
     else:
-        history = train_diffusion(model, x_train, y_train, epochs=epochs, batch_size=50, lr=1e-3, ema=0.99,
-                                  augment=digits_to_unit, val=val, eval_every=min(EVAL_EVERY, epochs), seed=0,
-                                  log=lambda s: print("  ", s, f"({time.perf_counter() - start:.0f} s)", flush=True))
+        history = train_digits_model(model, epochs, x_val, log=lambda s: print(
+            "  ", s, f"({time.perf_counter() - start:.0f} s)", flush=True))
         minutes = (time.perf_counter() - start) / 60
     best = history["val_epoch"][min(range(len(history["val"])), key=history["val"].__getitem__)]
     bounds = test_bounds(model, x_test, BOUND_STEPS[:2] if quick else BOUND_STEPS)
     bounds["dequantization"] = dequantization_spread(model, x_test)
     print(f"   dequantization: {bounds['dequantization']}", flush=True)
-    if save:
-        torch.save(model.state_dict(), save)
+    if save or not (quick or load):  # by default where benchmarks/compare.py looks for it
+        torch.save(model.state_dict(), save or checkpoint("flow_matching"))
     gen.manual_seed(2)
     val_bound = digits_nll_bound(model, x_val, steps=20, generator=gen).mean().item()
 
@@ -210,7 +222,7 @@ def digits_part(quick: bool, save: str | None = None, load: str | None = None,
 
 def main(argv=None) -> int:
     args = two_part_arguments(__doc__, argv, [
-        ("--save", "also save the trained digits model's state_dict here (not in the results)"),
+        ("--save", "save the trained digits model's state_dict here instead of benchmarks/checkpoints/"),
         ("--load", "evaluate this saved digits model instead of training one (keeps the training "
                    "record of the results file)")])
     previous = (json.loads(OUT.read_text()).get("digits") if OUT.exists() else None)

@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,14 +30,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dgm import data
+from dgm import data, metrics
 from dgm.flows import MADE, Flow, Logit, NeuralSpline, dequantization_bound, dequantized_nll
 from dgm.flows import toy_kl as kl_to_truth
 from dgm.train import fit
 
+from common import checkpoint, spread
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "flows.json"
 LEVELS, DIM = data.DIGITS_LEVELS, 64
+SEEDS = (0, 1, 2)
+MADE_ORDERINGS = 8
 
 
 def toy_kl(name: str, epochs: int) -> dict:
@@ -49,17 +54,53 @@ def toy_kl(name: str, epochs: int) -> dict:
             "seconds": hist.seconds, "epochs": len(hist.train)}
 
 
-def spline_flow_digits(epochs: int) -> dict:
-    torch.manual_seed(0)
-    flow = Flow([Logit()] + list(NeuralSpline(DIM, n_layers=8, hidden=192, bins=8, bound=5.0).layers), dim=DIM)
-    hist = fit(flow, dequantized_nll, data.digits("train"), val=data.digits("val"), epochs=epochs, batch_size=100,
-               lr=1e-3, weight_decay=1e-4, patience=30, seed=0, progress=False)
-    per_image = dequantization_bound(flow, data.digits("test"), per_image=True).mean(0)
-    nll, se = per_image.mean().item(), (per_image.std() / math.sqrt(len(per_image))).item()
-    return {"bound": "uniform dequantization (Jensen), 20 noise draws", "test_nll_nats": nll,
-            "test_nll_se_nats": se,
-            "bits_per_dim": data.bits_per_dim(nll, DIM), "parameters": sum(p.numel() for p in flow.parameters()),
-            "seconds": hist.seconds, "best_epoch": hist.best_epoch + 1}
+def spline_flow(seed: int) -> Flow:
+    """The benchmark's spline flow for the digits (untrained), its weights initialized by seed."""
+    torch.manual_seed(seed)
+    return Flow([Logit()] + list(NeuralSpline(DIM, n_layers=8, hidden=192, bins=8, bound=5.0).layers), dim=DIM)
+
+
+def train_spline_flow(flow: Flow, seed: int, epochs: int):
+    """Train the benchmark's spline flow in place (early stopping on validation); its history."""
+    return fit(flow, dequantized_nll, data.digits("train"), val=data.digits("val"), epochs=epochs,
+               batch_size=100, lr=1e-3, weight_decay=1e-4, patience=30, seed=seed, progress=False)
+
+
+def spline_flow_digits(epochs: int, seeds=(0, 1, 2), k: int = 1000, save: bool = False) -> dict:
+    """The spline flow on the digits, one training run per seed, with two test bounds each.
+
+    'jensen': the uniform-dequantization bound (eq. dequant-bound), 20 noise draws;
+    'importance-weighted': the bound of eq. dequant-iw with k draws inside the logarithm,
+    two independent draws per image (their difference gives the Monte Carlo error).
+    """
+    runs, x_test = [], data.digits("test")
+    for seed in seeds:
+        flow = spline_flow(seed)
+        hist = train_spline_flow(flow, seed, epochs)
+        flow.eval()
+        if save and seed == seeds[0]:
+            torch.save(flow.state_dict(), checkpoint("spline_flow"))
+        jensen = dequantization_bound(flow, x_test, per_image=True).mean(0)
+        start = time.perf_counter()
+        a, b = dequantization_bound(flow, x_test, draws=2, per_image=True, k=k)
+        seconds_per_image = (time.perf_counter() - start) / (2 * len(x_test))
+        iw, iw_se = metrics.paired_estimate(a, b)
+        runs.append({"seed": seed, "test_nll_nats": iw, "test_nll_mc_se": iw_se,
+                     "test_nll_images_se": (((a + b) / 2).std() / math.sqrt(len(a))).item(),
+                     "jensen_nll_nats": jensen.mean().item(),
+                     "jensen_nll_images_se": (jensen.std() / math.sqrt(len(jensen))).item(),
+                     "seconds": hist.seconds, "best_epoch": hist.best_epoch + 1,
+                     "eval_seconds_per_image": seconds_per_image})
+    mean = lambda key: statistics.fmean(r[key] for r in runs)
+    return {"bound": f"importance-weighted uniform dequantization, k = {k} (eq. dequant-iw); "
+                     "the Jensen bound (k = 1, 20 draws) as jensen_nll_nats",
+            "k": k, "runs": runs, "test_nll_nats": mean("test_nll_nats"),
+            "test_nll_spread": spread([r["test_nll_nats"] for r in runs]),
+            "test_nll_mc_se": math.sqrt(sum(r["test_nll_mc_se"] ** 2 for r in runs)) / len(runs),
+            "test_nll_se_nats": mean("test_nll_images_se"),
+            "jensen_nll_nats": mean("jensen_nll_nats"),
+            "bits_per_dim": data.bits_per_dim(mean("test_nll_nats"), DIM),
+            "parameters": sum(p.numel() for p in flow.parameters()), "seconds": mean("seconds")}
 
 
 def categorical_nll(log_p: torch.Tensor, x: torch.Tensor) -> float:
@@ -84,28 +125,96 @@ def mixture_of_categoricals(k: int, iters: int = 200, seed: int = 0) -> float:
     return -(log_pi + torch.einsum("ndl,kdl->nk", test, log_p)).logsumexp(1).mean().item()
 
 
-def made_digits(epochs: int) -> dict:
-    """Discrete autoregressive model: MADE with a 17-way softmax per pixel, inputs scaled to [0, 1]."""
-    model = MADE(DIM, hidden=512, n_out=LEVELS, depth=2)
-    drop = torch.nn.Dropout(0.2)
+def digit_orderings(k: int, seed: int = 0) -> list[torch.Tensor]:
+    """k pixel orderings of the 8x8 digits: raster, reversed raster, column-major, reversed
+    column-major, then random permutations (fixed by seed)."""
+    grid = torch.arange(DIM).view(8, 8)
+    orders = [grid.flatten(), grid.flatten().flip(0), grid.T.flatten(), grid.T.flatten().flip(0)]
+    g = torch.Generator().manual_seed(seed)
+    orders += [torch.randperm(DIM, generator=g) for _ in range(max(k - len(orders), 0))]
+    return orders[:k]
 
-    def nll_per_image(m, x):
-        if m.training:
-            x = data.shift_digits(x)
-        logits = m(drop(x.float() / (LEVELS - 1)) if m.training else x.float() / (LEVELS - 1))  # (n, 17, 64)
-        return F.cross_entropy(logits, x, reduction="none").sum(1)
 
-    def nll(m, x):
-        return nll_per_image(m, x).mean()
+class DigitsMADE(torch.nn.Module):
+    """A discrete autoregressive model of the digits: a uniform mixture of k MADEs, each with a
+    17-way softmax per pixel in its own pixel ordering (k = 1: one MADE in raster order).
 
-    hist = fit(model, nll, data.digits("train"), val=data.digits("val"), epochs=epochs, batch_size=100, lr=1e-3,
-               weight_decay=1e-4, patience=30, seed=0, progress=False)
-    model.eval()
-    with torch.no_grad():
-        per_image = nll_per_image(model, data.digits("test"))
-    test, se = per_image.mean().item(), (per_image.std() / math.sqrt(len(per_image))).item()
-    return {"test_nll_nats": test, "test_nll_se_nats": se, "bits_per_dim": data.bits_per_dim(test, DIM),
-            "parameters": sum(p.numel() for p in model.parameters()), "seconds": hist.seconds}
+    log P(x) = log (1/k) sum_j P_j(x) is exact: each P_j is a normalized distribution, and so
+    is their average. Inputs are scaled to [0, 1]; while training, dropout on the inputs.
+    """
+
+    def __init__(self, k: int = 1, hidden: int = 512, depth: int = 2, dropout: float = 0.2):
+        super().__init__()
+        self.orders = digit_orderings(k)
+        self.mades = torch.nn.ModuleList(MADE(DIM, hidden=hidden, n_out=LEVELS, depth=depth) for _ in range(k))
+        self.dropout = dropout
+
+    def component_log_prob(self, x, j: int):
+        """log P_j(x) per image: the j-th MADE on the pixels of x in its ordering."""
+        xj = x[:, self.orders[j]]
+        made = self.mades[j]  # dropout while that MADE trains
+        logits = made(F.dropout(xj.float() / (LEVELS - 1), self.dropout, made.training))  # (n, 17, 64)
+        return -F.cross_entropy(logits, xj, reduction="none").sum(1)
+
+    def log_prob(self, x):
+        log_p = torch.stack([self.component_log_prob(x, j) for j in range(len(self.mades))])
+        return torch.logsumexp(log_p, 0) - math.log(len(self.mades))
+
+    @torch.no_grad()
+    def sample(self, n: int):
+        """n images: a component per image, then its 64 pixels one pass at a time."""
+        x = torch.zeros(n, DIM, dtype=torch.long)
+        which = torch.randint(len(self.mades), (n,))
+        for j in which.unique().tolist():
+            rows, xj = which == j, torch.zeros(int((which == j).sum()), DIM, dtype=torch.long)
+            for i in range(DIM):  # pixel i of the ordering needs the pixels before it
+                logits = self.mades[j](xj.float() / (LEVELS - 1))[:, :, i]
+                xj[:, i] = torch.distributions.Categorical(logits=logits).sample()
+            x[rows.nonzero()[:, 0][:, None], self.orders[j]] = xj
+        return x
+
+    @torch.no_grad()
+    def features(self, x):
+        """The last hidden layer of the first (raster-order) MADE."""
+        return self.mades[0].net[:-1](x[:, self.orders[0]].float() / (LEVELS - 1))
+
+
+def train_made(k: int, seed: int, epochs: int) -> tuple[DigitsMADE, object]:
+    """Train the k MADEs of a DigitsMADE one after the other, each with early stopping on its own
+    validation NLL and ±1-pixel shifts of the training digits; returns (model, histories)."""
+    torch.manual_seed(seed)
+    model = DigitsMADE(k)
+    histories = []
+    for j in range(k):
+        def nll(m, x, j=j):
+            return -model.component_log_prob(data.shift_digits(x) if m.training else x, j).mean()
+
+        histories.append(fit(model.mades[j], nll, data.digits("train"), val=data.digits("val"), epochs=epochs,
+                             batch_size=100, lr=1e-3, weight_decay=1e-4, patience=30, seed=seed * 100 + j,
+                             progress=False))
+    return model.eval(), histories
+
+
+def made_digits(epochs: int, k: int, seeds=(0, 1, 2), save: bool = False) -> dict:
+    """The DigitsMADE of k orderings per seed: exact test NLL, its standard error over the images."""
+    runs, x_test = [], data.digits("test")
+    for seed in seeds:
+        model, histories = train_made(k, seed, epochs)
+        if save and seed == seeds[0]:
+            torch.save(model.state_dict(), checkpoint(f"made{k}"))
+        with torch.no_grad():
+            per_image = -model.log_prob(x_test)
+        runs.append({"seed": seed, "test_nll_nats": per_image.mean().item(),
+                     "test_nll_images_se": (per_image.std() / math.sqrt(len(per_image))).item(),
+                     "seconds": sum(h.seconds for h in histories),
+                     "best_epochs": [h.best_epoch + 1 for h in histories]})
+    nll = statistics.fmean(r["test_nll_nats"] for r in runs)
+    return {"orderings": k, "runs": runs, "test_nll_nats": nll,
+            "test_nll_spread": spread([r["test_nll_nats"] for r in runs]),
+            "test_nll_se_nats": statistics.fmean(r["test_nll_images_se"] for r in runs),
+            "bits_per_dim": data.bits_per_dim(nll, DIM),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "seconds": statistics.fmean(r["seconds"] for r in runs)}
 
 
 def main(argv=None) -> int:
@@ -115,6 +224,7 @@ def main(argv=None) -> int:
                         help="rerun one part, keeping the other from the existing JSON")
     args = parser.parse_args(argv)
     e = (lambda n: 2) if args.quick else (lambda n: n)
+    seeds = (0,) if args.quick else SEEDS
     x_train, x_test = data.digits("train"), data.digits("test")
     counts = F.one_hot(x_train, LEVELS).sum(0).double() + 0.5
     old = json.loads(OUT.read_text()) if OUT.exists() and args.part != "all" else {}
@@ -126,8 +236,11 @@ def main(argv=None) -> int:
             "uniform": {"test_nll_nats": DIM * math.log(LEVELS)},
             "independent categorical": {"test_nll_nats": categorical_nll((counts / counts.sum(1, keepdim=True)).log(), x_test)},
             "mixture of 10 categoricals": {"test_nll_nats": mixture_of_categoricals(10, iters=e(200))},
-            "MADE, 17-way softmax": made_digits(e(400)),
-            "neural spline flow": spline_flow_digits(e(400)),
+            "MADE, 17-way softmax": made_digits(e(400), k=1, seeds=seeds, save=not args.quick),
+            f"mixture of {MADE_ORDERINGS} MADEs (orderings)": made_digits(e(400), k=2 if args.quick else MADE_ORDERINGS,
+                                                                     seeds=seeds, save=not args.quick),
+            "neural spline flow": spline_flow_digits(e(400), seeds=seeds, k=4 if args.quick else 1000,
+                                                 save=not args.quick),
         }
     for v in results["digits"].values():
         v.setdefault("bits_per_dim", data.bits_per_dim(v["test_nll_nats"], DIM))

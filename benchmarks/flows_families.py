@@ -29,7 +29,6 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -40,6 +39,8 @@ from dgm.flows import (
     dequantization_bound, dequantized_nll, toy_kl,
 )
 from dgm.train import fit
+
+from common import best_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "flows_families.json"
@@ -70,15 +71,6 @@ def n_params(model) -> int:
 def hidden_for(make, target: int) -> int:
     """The hidden width whose model's parameter count is closest to target."""
     return min(range(8, 257), key=lambda h: abs(n_params(make(h)) - target))
-
-
-def best_seconds(fn, repeat: int = 3) -> float:
-    best = math.inf
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def family_on_toy(family: str, name: str, epochs: int) -> dict:

@@ -106,19 +106,31 @@ N_EVAL = 350  # the size of the validation split: every set compared with the te
 FLOOR_PARTITIONS = 5
 
 
-def digits_gan_run(args: tuple[str, int, int]) -> dict:
-    variant, seed, steps = args
-    torch.set_num_threads(1)
+def digits_gan(variant: str, seed: int) -> tuple[Generator, Discriminator]:
+    """The untrained generator and discriminator of a digits variant, initialized by seed."""
     torch.manual_seed(seed)
     n_classes = 10 if variant == "conditional GAN" else 0
     G = Generator(levels=data.DIGITS_LEVELS, n_classes=n_classes, **DIGITS_GAN)
     D = Discriminator(dim=64, hidden=DIGITS_GAN["hidden"], depth=DIGITS_GAN["depth"], n_classes=n_classes)
+    return G, D
+
+
+def train_digits_gan(G: Generator, D: Discriminator, variant: str, seed: int, steps: int) -> float:
+    """Train a digits variant's G and D in place (the benchmark's settings); returns the seconds."""
     x, y = data.digits("train", labels=True)
     shift = variant == "GAN, trained on ±1-pixel shifts"
     start = time.time()
-    train_gan(G, D, x, steps, y=y if n_classes else None, augment=lambda b: to_unit(b, shift), seed=seed,
+    train_gan(G, D, x, steps, y=y if G.n_classes else None, augment=lambda b: to_unit(b, shift), seed=seed,
               **DIGITS_TRAIN)
-    seconds = time.time() - start
+    return time.time() - start
+
+
+def digits_gan_run(args: tuple[str, int, int]) -> dict:
+    variant, seed, steps = args
+    torch.set_num_threads(1)
+    G, D = digits_gan(variant, seed)
+    n_classes = G.n_classes
+    seconds = train_digits_gan(G, D, variant, seed, steps)
     torch.manual_seed(3000 + seed)
     labels = torch.arange(N_EVAL) % 10 if n_classes else None
     samples = G.sample(N_EVAL, labels)

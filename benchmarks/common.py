@@ -35,6 +35,17 @@ def best_seconds(fn, repeat: int = 3) -> float:
     return best
 
 
+def best_val_epoch(history: dict) -> int:
+    """The epoch of the lowest validation value in a dgm.diffusion.train_diffusion history."""
+    return history["val_epoch"][min(range(len(history["val"])), key=history["val"].__getitem__)]
+
+
+def mc_se_of_mean(ses) -> float:
+    """The Monte Carlo standard error of a mean over independent runs with standard errors ses."""
+    ses = list(ses)
+    return sum(se ** 2 for se in ses) ** 0.5 / len(ses)
+
+
 def spread(values) -> dict:
     """Mean, minimum and maximum of a result over seeds."""
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import checkpoint, run_parts, spread, two_part_arguments, write_results
+from common import best_val_epoch, checkpoint, run_parts, spread, two_part_arguments, write_results
 
 from dgm import data, metrics
 from dgm.diffusion import DDPM, GaussianDiffusion, Schedule, train_diffusion
@@ -100,7 +100,7 @@ def digits_part(quick: bool) -> dict:
           f"validation {ev['val_bound']:.2f}", flush=True)
     per_range = {f"{a}-{b - 1}": test_terms[a - 1:b - 1].sum(0).mean().item() for a, b in T_RANGES}
     per_range["prior"] = ev["prior"]
-    best = history["val_epoch"][min(range(len(history["val"])), key=history["val"].__getitem__)]
+    best = best_val_epoch(history)
 
     samplers = []
     for name, eta, steps in SAMPLERS:
@@ -155,7 +155,7 @@ def seeds_part(quick: bool) -> dict:
         print(f"digits: DDPM(), seed {seed}", flush=True)
         history, minutes = train_digits(model, epochs, seed=seed)
         ev, _ = evaluate_bound(model, x_val, x_test)
-        best = history["val_epoch"][min(range(len(history["val"])), key=history["val"].__getitem__)]
+        best = best_val_epoch(history)
         runs.append({"seed": seed, "test_bound": ev["test_bound"], "test_bound_mc_se": ev["test_bound_mc_se"],
                      "val_bound": ev["val_bound"], "best_epoch": best, "train_minutes": minutes})
         print(f"   test bound {ev['test_bound']:.2f} +- {ev['test_bound_mc_se']:.3f}", flush=True)

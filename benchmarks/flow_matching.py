@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import checkpoint, run_parts, spread, two_part_arguments, write_results
+from common import best_val_epoch, checkpoint, run_parts, spread, two_part_arguments, write_results
 
 from dgm import data, metrics
 from dgm.diffusion import DigitsDenoiser, train_diffusion
@@ -170,7 +170,7 @@ def digits_part(quick: bool, save: str | None = None, load: str | None = None,
         history = train_digits_model(model, epochs, x_val, log=lambda s: print(
             "  ", s, f"({time.perf_counter() - start:.0f} s)", flush=True))
         minutes = (time.perf_counter() - start) / 60
-    best = history["val_epoch"][min(range(len(history["val"])), key=history["val"].__getitem__)]
+    best = best_val_epoch(history)
     bounds = test_bounds(model, x_test, BOUND_STEPS[:2] if quick else BOUND_STEPS)
     bounds["dequantization"] = dequantization_spread(model, x_test)
     print(f"   dequantization: {bounds['dequantization']}", flush=True)

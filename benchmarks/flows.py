@@ -35,7 +35,7 @@ from dgm.flows import MADE, Flow, Logit, NeuralSpline, dequantization_bound, deq
 from dgm.flows import toy_kl as kl_to_truth
 from dgm.train import fit
 
-from common import checkpoint, spread
+from common import checkpoint, mc_se_of_mean, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "flows.json"
@@ -96,7 +96,7 @@ def spline_flow_digits(epochs: int, seeds=(0, 1, 2), k: int = 1000, save: bool =
                      "the Jensen bound (k = 1, 20 draws) as jensen_nll_nats",
             "k": k, "runs": runs, "test_nll_nats": mean("test_nll_nats"),
             "test_nll_spread": spread([r["test_nll_nats"] for r in runs]),
-            "test_nll_mc_se": math.sqrt(sum(r["test_nll_mc_se"] ** 2 for r in runs)) / len(runs),
+            "test_nll_mc_se": mc_se_of_mean(r["test_nll_mc_se"] for r in runs),
             "test_nll_se_nats": mean("test_nll_images_se"),
             "jensen_nll_nats": mean("jensen_nll_nats"),
             "bits_per_dim": data.bits_per_dim(mean("test_nll_nats"), DIM),

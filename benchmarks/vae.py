@@ -27,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from common import mc_se_of_mean
 
 from dgm import data, metrics
 from dgm.train import fit
@@ -122,7 +123,7 @@ def summary(runs: list[dict]) -> dict:
         out[key + "_spread"] = (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
     # the Monte Carlo error of a mean over independent seeds: root of the mean squared s.e. / n
     for key in ("test_nll_mc_se", "test_neg_elbo_mc_se"):
-        out[key] = (sum(r[key] ** 2 for r in runs) ** 0.5) / len(runs)
+        out[key] = mc_se_of_mean(r[key] for r in runs)
     out["parameters"] = runs[0]["parameters"]
     return out
 

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/flow_matching.py                 # both parts; writes benchmarks/results/flow_matching.json
     .venv/bin/python benchmarks/flow_matching.py --part digits   # only the digits (updates its part of the file)
     .venv/bin/python benchmarks/flow_matching.py --part toys     # only the 2D toys
+    .venv/bin/python benchmarks/flow_matching.py --part seeds    # the digits model again with seeds 1 and 2
     .venv/bin/python benchmarks/flow_matching.py --quick         # a smoke run with tiny budgets (nothing written)
 
 * **toys**: ``FlowMatching(toy_net(), 2)`` (linear path, independent coupling) on 8gaussians,
@@ -21,6 +22,8 @@
   unconditional samples against the test split (3 sampling seeds) and the wall time per 100
   samples; classifier-free guidance at several weights (the classifier's accuracy on the
   requested digit, FDD).
+* **seeds**: the digits model and training again with seeds 1 and 2, and the test bound of each
+  with RK4 at the finest step count, for the spread over training seeds.
 """
 
 from __future__ import annotations
@@ -133,13 +136,13 @@ def dequantization_spread(model, x, steps: int = 10, seed: int = 7) -> dict:
     return {"steps": steps, "var_probes": var_probe, "var_u": var_u, "gap_estimate": var_u / 2}
 
 
-def digits_model() -> FlowMatching:
+def digits_model(seed: int = 0) -> FlowMatching:
     """The benchmark's (untrained) class-conditional flow-matching model of the digits."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return FlowMatching(DigitsDenoiser(64, 64), 64, num_classes=10, p_uncond=0.2)
 
 
-def train_digits_model(model: FlowMatching, epochs: int, x_val, log=None) -> dict:
+def train_digits_model(model: FlowMatching, epochs: int, x_val, log=None, seed: int = 0) -> dict:
     """Train in place with early stopping on the validation bound; returns the history."""
     x_train, y_train = data.digits("train", labels=True)
     gen = torch.Generator()
@@ -149,7 +152,7 @@ def train_digits_model(model: FlowMatching, epochs: int, x_val, log=None) -> dic
         return digits_nll_bound(m, x_val, steps=10, generator=gen).mean().item()
 
     return train_diffusion(model, x_train, y_train, epochs=epochs, batch_size=50, lr=1e-3, ema=0.99,
-                           augment=digits_to_unit, val=val, eval_every=min(EVAL_EVERY, epochs), seed=0, log=log)
+                           augment=digits_to_unit, val=val, eval_every=min(EVAL_EVERY, epochs), seed=seed, log=log)
 
 
 def digits_part(quick: bool, save: str | None = None, load: str | None = None,
@@ -220,14 +223,35 @@ def digits_part(quick: bool, save: str | None = None, load: str | None = None,
     }
 
 
+def seeds_part(quick: bool) -> dict:
+    """The digits part's model trained again with seeds 1 and 2: the test bound (RK4 with the
+    finest step count, two draws) of each, for the spread over training seeds."""
+    epochs, finest = (2, 4) if quick else (DIGITS_EPOCHS, max(BOUND_STEPS))
+    x_val, x_test = data.digits("val"), data.digits("test")
+    if quick:
+        x_val, x_test = x_val[:8], x_test[:8]
+    runs = []
+    for seed in [1, 2]:
+        model = digits_model(seed)
+        print(f"digits: FlowMatching, seed {seed}", flush=True)
+        start = time.perf_counter()
+        history = train_digits_model(model, epochs, x_val, seed=seed)
+        minutes = (time.perf_counter() - start) / 60
+        bound = test_bounds(model, x_test, [finest])["bounds"][str(finest)]
+        runs.append({"seed": seed, "steps": finest, "test_bound": bound["test_bound"],
+                     "test_bound_mc_se": bound["test_bound_mc_se"], "best_epoch": best_val_epoch(history),
+                     "train_minutes": minutes})
+    return {"what": "the digits part's model and training with seeds 1, 2", "runs": runs}
+
+
 def main(argv=None) -> int:
-    args = two_part_arguments(__doc__, argv, [
+    args = two_part_arguments(__doc__, argv, parts=("digits", "toys", "seeds"), extra=[
         ("--save", "save the trained digits model's state_dict here instead of benchmarks/checkpoints/"),
         ("--load", "evaluate this saved digits model instead of training one (keeps the training "
                    "record of the results file)")])
     previous = (json.loads(OUT.read_text()).get("digits") if OUT.exists() else None)
     results = run_parts(OUT, args, {"toys": toys_part, "digits": lambda quick: digits_part(
-        quick, args.save, args.load, previous)})
+        quick, args.save, args.load, previous), "seeds": seeds_part})
     if results is not None:
         write_results(OUT, results, args.note)
     return 0

@@ -37,7 +37,7 @@ import torch
 
 from dgm import data, metrics
 
-from common import best_seconds, checkpoint, write_results
+from common import best_seconds, checkpoint, spread, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "compare.json"
@@ -151,7 +151,7 @@ def samplers(models: dict) -> dict:
 
 def measured_fdd(name: str) -> dict | None:
     """The FDD of sampler `name` where its family benchmark measured it with this protocol
-    (350 samples against the test split, the same seed-0 model, 3 sampling seeds)."""
+    (350 samples against the test split, 3 seeds), else None."""
     if name in ("GAN", "VAE"):  # gans.py: 3 training seeds, one set of 350 samples each
         digits = family_json("gans").get("digits", {})
         key = "GAN" if name == "GAN" else "VAE (chapter 3), samples x ~ p(x | z)"
@@ -168,7 +168,7 @@ def measured_fdd(name: str) -> dict | None:
 
 def sampling_part(models: dict, quick: bool) -> dict:
     """ms per 100 samples (one thread, best of 3) and FDD against the test split."""
-    x_test, x_train = data.digits("test"), data.digits("train")
+    x_test = data.digits("test")
     n = 20 if quick else N_SAMPLES
     out = {}
     for name, (family, what, draw) in samplers(models).items():
@@ -183,8 +183,7 @@ def sampling_part(models: dict, quick: bool) -> dict:
             for seed in SAMPLE_SEEDS[:1] if quick else SAMPLE_SEEDS:
                 torch.manual_seed(seed)
                 values.append(metrics.frechet_digits_distance(draw(n), x_test))
-            fdd = {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
-                   "over": "3 sampling seeds", "source": "compare.py"}
+            fdd = {**spread(values), "over": "3 sampling seeds", "source": "compare.py"}
         out[name] = {"family": family, "what": what, "ms_per_100": 1000 * seconds, "fdd": fdd}
         print(f"  {name}: {1000 * seconds:.0f} ms / 100, FDD {fdd['mean']:.2f}", flush=True)
     floor = family_json("gans").get("digits", {})

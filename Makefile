@@ -8,9 +8,10 @@ STAMP  := $(VENV)/.installed
 # -W: warnings are errors; -n: nitpicky (every cross-reference must resolve)
 JB_FLAGS := -W -n --keep-going
 
-.PHONY: book test notebooks serve browser clean help
+.PHONY: book pdf test notebooks serve browser clean help
 help:
-	@echo "make book       build the executed site into _build/html"
+	@echo "make book       build the executed site into _build/html, and its PDFs (make pdf)"
+	@echo "make pdf        print the formula sheet and the mock exams to _build/pdf (after make book)"
 	@echo "make test       build the site, then run all tests (what CI runs)"
 	@echo "make notebooks  regenerate the Colab twins in notebooks/ and the code chapters export to dgm/"
 	@echo "make serve      serve _build/html on http://localhost:8000"
@@ -29,19 +30,27 @@ _build/.dgm-code: $(wildcard dgm/*.py)
 	mkdir -p _build && touch $@
 
 # A failed build forgets its parsed pages, so the next run redoes them instead of passing stale.
-book: $(STAMP) _build/.dgm-code
+# The site links the PDFs of the formula sheet and the mock exams, so a build prints them too.
+book: $(STAMP) browser _build/.dgm-code
 	$(BIN)/jupyter-book build . $(JB_FLAGS) || { rm -rf _build/.doctrees; exit 1; }
+	$(BIN)/python -m tools.pdf
+
+# The formula sheet and the mock exams (with and without solutions) as PDFs in _build/pdf/,
+# printed from the built site by headless chromium (tools/pdf.py).
+pdf: $(STAMP) browser
+	$(BIN)/python -m tools.pdf
 
 # Everything generated from the chapters: Colab twins and the package code they export (#@save).
 notebooks: $(STAMP)
 	$(BIN)/python -m tools.export
 	$(BIN)/python -m tools.twins
 
-# Debian's chromium for the browser tests (Playwright drives it; no browser download).
+# Debian's chromium for the browser tests and the PDFs (Playwright drives it; no browser
+# download), and poppler-utils (pdftotext, pdfinfo) for the tests that read the PDFs.
 browser:
-	@if [ ! -x /usr/bin/chromium ]; then \
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/pdftotext ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium poppler-utils >/dev/null; \
 	fi
 
 test: $(STAMP) browser book

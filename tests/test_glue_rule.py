@@ -1,7 +1,7 @@
 """The glue rule: a result quoted in prose comes from a cell, never from the keyboard.
 
-Scans the prose of every chapter, exercise sheet and project page (markdown cells and figure
-captions) for decimal numbers outside math, code, glue roles, citations and links. A decimal
+Scans the prose of every chapter, exercise sheet, mock exam and project page (markdown cells
+and figure captions) for decimal numbers outside math, code, glue roles, citations and links. A decimal
 number there is almost always a typed-in result; the few that are definitions (a threshold a
 task sets, a hyper-parameter, the course's rule) are listed in ALLOWED with the reason.
 """
@@ -15,7 +15,7 @@ import jupytext
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = sorted([*ROOT.glob("book/*.md"), *ROOT.glob("exercises/sheet*.md"), *ROOT.glob("exercises/projects/*/README.md"),
+PAGES = sorted([*ROOT.glob("book/*.md"), *ROOT.glob("exercises/sheet*.md"), *ROOT.glob("exercises/exam*.md"), *ROOT.glob("exercises/projects/*/README.md"),
                 ROOT / "exercises" / "README.md"])
 
 #: (page, number): why it may stand in prose.

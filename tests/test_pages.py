@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = 88
-PAGES = sorted([*ROOT.glob("book/*.md"), *ROOT.glob("exercises/sheet*.md")])
+PAGES = sorted([*ROOT.glob("book/*.md"), *ROOT.glob("exercises/sheet*.md"), *ROOT.glob("exercises/exam*.md")])
 PAGES = [p for p in PAGES if p.read_text().startswith("---\njupytext:")]
 
 

@@ -1,11 +1,24 @@
-"""Data of the book: 2D toy densities with exact log-densities, and the 8x8 digits.
+"""Data of the book: 2D toy densities with exact log-densities, the 8x8 digits, MNIST and Fashion-MNIST.
 
-Everything here is embedded (no download). Conventions (see the book's preface):
+The toys and the digits are embedded (no download). Conventions (see the book's preface):
 
 * a toy sample is a float tensor of shape ``(n, 2)``;
 * log-densities are natural logarithms (nats);
 * the digits are a ``torch.long`` tensor of shape ``(n, 64)`` with levels ``0..16``,
-  split in order into 1000 train / 350 validation / 447 test images.
+  split in order into 1000 train / 350 validation / 447 test images;
+* MNIST and Fashion-MNIST (:func:`mnist`, :func:`fashion_mnist`) are ``torch.long`` tensors of
+  shape ``(n, 784)`` (28x28 images, row by row) with levels ``0..255``: 50 000 train and 10 000
+  validation images (the first and the last block of the training file, in order, as the digits'
+  validation block follows their training block) and the 10 000 test images of the t10k file.
+
+MNIST and Fashion-MNIST are not shipped: they are read from the standard gzipped IDX files
+(``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz``,
+``t10k-labels-idx1-ubyte.gz``) in ``<cache>/mnist/`` and ``<cache>/fashion_mnist/``, where the
+cache folder is the ``root`` argument if given, else the environment variable ``DGM_DATA`` if
+set, else ``~/.cache/dgm``. Each file is checked against its SHA-256 (:data:`MNIST_SHA256`).
+Nothing downloads unless asked: ``download=True``, or once from a shell::
+
+    python -m dgm.data download mnist fashion_mnist      # --root DIR for another cache folder
 
 Every toy has an exact density. Three kinds cover them all:
 
@@ -20,9 +33,19 @@ Every toy has an exact density. Three kinds cover them all:
 
 from __future__ import annotations
 
+import argparse
+import gzip
+import hashlib
+import http.client
 import math
+import os
+import shutil
+import sys
+import urllib.request
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -40,6 +63,18 @@ __all__ = [
     "digits",
     "DIGITS_SPLITS",
     "DIGITS_LEVELS",
+    "mnist",
+    "fashion_mnist",
+    "download_mnist",
+    "data_home",
+    "MNIST_DATASETS",
+    "MNIST_SPLITS",
+    "MNIST_LEVELS",
+    "MNIST_SIDE",
+    "MNIST_SHA256",
+    "MNIST_MIRRORS",
+    "MissingDataError",
+    "DataFileError",
     "shift_digits",
     "dequantize",
     "discrete_nll_bound",
@@ -364,3 +399,316 @@ def discrete_nll_bound(log_p_y: torch.Tensor, dim: int, levels: int = DIGITS_LEV
 def bits_per_dim(nats: torch.Tensor | float, dim: int) -> torch.Tensor | float:
     """Convert a negative log-likelihood in nats per example into bits per dimension."""
     return nats / (dim * math.log(2))
+
+
+# ------------------------------------------------------------- MNIST and Fashion-MNIST
+#: The MNIST-format datasets that :func:`mnist`, :func:`fashion_mnist` and
+#: ``python -m dgm.data download`` know; each lives in its own folder ``<cache>/<dataset>/``.
+MNIST_DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist")
+#: Images in each split: "train" is the first 50 000 images of the training file, "val" the
+#: 10 000 after them (its last block, as the digits' validation block follows their training
+#: block), "test" the 10 000 images of the t10k file.
+MNIST_SPLITS: dict[str, int] = {"train": 50_000, "val": 10_000, "test": 10_000}
+#: Intensity levels of an MNIST or Fashion-MNIST pixel: 0, 1, ..., 255.
+MNIST_LEVELS: int = 256
+#: Side of an MNIST or Fashion-MNIST image in pixels (28x28 = 784 values per image).
+MNIST_SIDE: int = 28
+
+# The gzipped IDX files of each part: (images, labels).
+_MNIST_FILES: dict[str, tuple[str, str]] = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "t10k": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+_MNIST_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+
+#: SHA-256 of each gzipped file, copied from TensorFlow Datasets (github.com/tensorflow/datasets,
+#: files tensorflow_datasets/url_checksums/mnist.txt and fashion_mnist.txt), which also give their
+#: sizes in bytes: MNIST 9912422, 28881, 1648877 and 4542, Fashion-MNIST 26421880, 29515, 4422102
+#: and 5148 (in the order below).
+MNIST_SHA256: dict[str, dict[str, str]] = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    },
+    "fashion_mnist": {
+        "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    },
+}
+
+#: Where :func:`download_mnist` fetches ``<url><file name>``, tried in order. MNIST: the CVDF
+#: mirror that TensorFlow Datasets downloads (yann.lecun.com, the original home, often refuses
+#: scripts), then the PyTorch mirror that torchvision uses. Fashion-MNIST: its authors' GitHub
+#: repository, then their S3 site that TensorFlow Datasets downloads (plain http; the SHA-256
+#: check is what makes any mirror safe).
+MNIST_MIRRORS: dict[str, tuple[str, ...]] = {
+    "mnist": (
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    ),
+    "fashion_mnist": (
+        "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    ),
+}
+
+
+class MissingDataError(FileNotFoundError):
+    """Files of a dataset are not in its cache folder (and were not, or could not be, downloaded).
+
+    The message lists each missing file, the folder to put it in, its URLs and the command that
+    downloads it.
+    """
+
+
+class DataFileError(ValueError):
+    """A data file is not what it should be: a wrong SHA-256, a truncated or foreign file."""
+
+
+def data_home(root: str | os.PathLike | None = None) -> Path:
+    """The cache folder of downloaded data: ``root`` if given, else ``$DGM_DATA``, else ``~/.cache/dgm``.
+
+    Each dataset has its own folder in it: ``data_home() / "mnist"``, ``data_home() / "fashion_mnist"``.
+    An empty ``DGM_DATA`` counts as unset.
+    """
+    if root is not None:
+        if not isinstance(root, (str, os.PathLike)):
+            raise TypeError(f"root must be a folder (str or path), got {type(root).__name__}")
+        return Path(root).expanduser()
+    env = os.environ.get("DGM_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "dgm"
+
+
+def _check_dataset(dataset) -> str:
+    if dataset not in MNIST_DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid datasets are: {', '.join(MNIST_DATASETS)}")
+    return dataset
+
+
+def _download_command(dataset: str, root) -> str:
+    command = f"python -m dgm.data download {dataset}"
+    return command + (f" --root {root}" if root is not None else "")
+
+
+def _how_to_get(dataset: str, folder: Path, names: list[str], root, offer_download: bool = True) -> str:
+    """The part of an error message that says how to put the missing files ``names`` into ``folder``."""
+    one = len(names) == 1
+    lines = [("Download " if offer_download else "Try again later with a network: download ")
+             + f"{'it' if one else 'them'} with\n    {_download_command(dataset, root)}\n"
+             + ("(or call with download=True), " if offer_download else "")
+             + f"or fetch {'it' if one else 'each file'} by hand from one of its URLs:"]
+    for name in names:
+        lines.append(f"    {name}")
+        lines += [f"        {url}{name}" for url in MNIST_MIRRORS[dataset]]
+    lines.append(f"and put {'it' if one else 'them'}, keeping the name, into the folder\n"
+                 f"    {folder}{os.sep}\n"
+                 f"(the cache folder is root if given, else $DGM_DATA if set, else ~/.cache/dgm; "
+                 f"each file is checked against its SHA-256).")
+    return "\n".join(lines)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify(path: Path, expected: str) -> None:
+    got = _sha256(path)
+    if got != expected:
+        raise DataFileError(
+            f"{path.name} in {path.parent} has the wrong SHA-256 "
+            f"(a damaged, partial or different file):\n"
+            f"    expected {expected}\n    got      {got} ({path.stat().st_size} bytes)\n"
+            f"Delete it and download again: rm {path}")
+
+
+def download_mnist(dataset: str = "mnist", root: str | os.PathLike | None = None) -> Path:
+    """Download the files of ``dataset`` (``"mnist"``, ``"fashion_mnist"``) missing from its cache folder.
+
+    The folder is ``data_home(root) / dataset`` (see :func:`data_home`). Each missing file is
+    fetched with urllib from the mirrors of :data:`MNIST_MIRRORS` in turn, checked against
+    :data:`MNIST_SHA256`, and only then moved into place, so an interrupted or wrong download
+    never leaves a file there. Files already present are kept (and checked when read).
+    Returns the folder; if some file cannot be fetched from any mirror, the others are still
+    fetched, then a :class:`MissingDataError` lists what failed and the manual steps.
+    ``python -m dgm.data download mnist`` calls this.
+    """
+    dataset = _check_dataset(dataset)
+    folder = data_home(root) / dataset
+    failed, failures = [], []
+    for name, expected in MNIST_SHA256[dataset].items():
+        target = folder / name
+        if target.exists():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".part")
+        for base in MNIST_MIRRORS[dataset]:
+            url = base + name
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as f:
+                    shutil.copyfileobj(response, f)
+                got = _sha256(partial)
+                if got != expected:
+                    raise DataFileError(f"wrong SHA-256 {got} (expected {expected})")
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                failures.append(f"    {url}: {e}")
+                partial.unlink(missing_ok=True)
+                continue
+            os.replace(partial, target)
+            break
+        else:
+            failed.append(name)
+    if failed:
+        raise MissingDataError(
+            f"could not download {', '.join(failed)} of {_MNIST_NAMES[dataset]} (no network?):\n"
+            + "\n".join(failures) + "\n" + _how_to_get(dataset, folder, failed, root, offer_download=False))
+    return folder
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """The uint8 array of a gzipped IDX file with ``ndim`` dimensions (3 for images, 1 for labels).
+
+    The IDX format (yann.lecun.com/exdb/mnist): a big-endian magic number ``0x000008nn`` (two
+    zero bytes, the type 0x08 for unsigned bytes, the number of dimensions nn), then each
+    dimension as a big-endian uint32, then the values. Magic, dimensions and length are checked.
+    """
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as e:  # EOFError: cut short; BadGzipFile (OSError): not gzip
+        raise DataFileError(f"{path} is not a complete gzip file ({e}); "
+                            f"delete it and download again") from e
+    kind = "images" if ndim == 3 else "labels"
+    header = 4 + 4 * ndim
+    magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    if magic is not None and magic != 0x800 + ndim:
+        raise DataFileError(f"{path} is not an IDX file of {kind}: its magic number is 0x{magic:08x}, "
+                            f"expected 0x{0x800 + ndim:08x} (unsigned bytes, {ndim} dimension"
+                            f"{'s' * (ndim > 1)}); is it the right file?")
+    if len(data) < header:
+        raise DataFileError(f"{path} is truncated: {len(data)} bytes, shorter than the {header}-byte "
+                            f"IDX header of a file of {kind}; delete it and download again")
+    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if ndim == 3 and dims[1:] != (MNIST_SIDE, MNIST_SIDE):
+        raise DataFileError(f"{path} holds images of {dims[1]}x{dims[2]} pixels, expected "
+                            f"{MNIST_SIDE}x{MNIST_SIDE}")
+    size = header + math.prod(dims)
+    if len(data) != size:
+        what = "truncated" if len(data) < size else "trailing data"
+        raise DataFileError(f"{path} has {len(data)} bytes once unzipped, but its header "
+                            f"({'x'.join(map(str, dims))}) needs {size}: {what}; "
+                            f"delete it and download again")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
+
+
+@lru_cache(maxsize=8)
+def _load_idx(path: str, stamp: tuple[int, int], sha256: str, ndim: int) -> torch.Tensor:
+    # Cached on the file's (mtime, size) and expected checksum, so mnist("train") then
+    # mnist("val") reads and verifies the training file once.
+    _verify(Path(path), sha256)
+    return torch.from_numpy(_read_idx(Path(path), ndim))
+
+
+def _read_part(dataset: str, folder: Path, part: str, labels: bool):
+    """Images ``(n, 28, 28)`` uint8 (and labels ``(n,)``) of the ``"train"`` or ``"t10k"`` files."""
+    out = []
+    for name, ndim in zip(_MNIST_FILES[part][: 2 if labels else 1], (3, 1)):
+        path = folder / name
+        st = path.stat()
+        out.append(_load_idx(str(path), (st.st_mtime_ns, st.st_size), MNIST_SHA256[dataset][name], ndim))
+    if labels and len(out[1]) != len(out[0]):
+        raise DataFileError(f"{folder / _MNIST_FILES[part][1]} has {len(out[1])} labels but "
+                            f"{_MNIST_FILES[part][0]} has {len(out[0])} images: they do not belong together")
+    return out
+
+
+def _mnist_format(dataset: str, split: str, root, download: bool, labels: bool):
+    dataset = _check_dataset(dataset)
+    if split not in MNIST_SPLITS:
+        raise ValueError(f"unknown {_MNIST_NAMES[dataset]} split {split!r}; "
+                         f"valid splits are: {', '.join(MNIST_SPLITS)}")
+    folder = data_home(root) / dataset
+    missing = [name for name in MNIST_SHA256[dataset] if not (folder / name).exists()]
+    if missing and download:
+        download_mnist(dataset, root)
+    elif missing:
+        raise MissingDataError(
+            f"{_MNIST_NAMES[dataset]} is not downloaded: {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing from {folder}\n"
+            + _how_to_get(dataset, folder, missing, root))
+    part = "t10k" if split == "test" else "train"
+    expected = MNIST_SPLITS["test"] if part == "t10k" else MNIST_SPLITS["train"] + MNIST_SPLITS["val"]
+    out = _read_part(dataset, folder, part, labels)
+    if len(out[0]) != expected:
+        raise DataFileError(f"{folder / _MNIST_FILES[part][0]} holds {len(out[0])} images, "
+                            f"expected {expected} (see MNIST_SPLITS)")
+    a = MNIST_SPLITS["train"] if split == "val" else 0
+    b = a + MNIST_SPLITS[split]
+    x = out[0][a:b].reshape(-1, MNIST_SIDE * MNIST_SIDE).long()
+    return (x, out[1][a:b].long()) if labels else x
+
+
+def mnist(split: str, root: str | os.PathLike | None = None, download: bool = False, labels: bool = False):
+    """The MNIST handwritten digits of one split: ``torch.long`` of shape ``(n, 784)``, levels 0..255.
+
+    ``split`` is ``"train"`` (50 000 images), ``"val"`` (10 000) or ``"test"`` (10 000): train and
+    val are the first and the last block of the 60 000-image training file, in order (like
+    :func:`digits`, the validation block follows the training block), test is the t10k file.
+    Each row is a 28x28 image read row by row (``x.reshape(-1, 28, 28)`` gives the images back).
+    With ``labels=True`` returns ``(x, y)`` with the digit classes ``y`` (0..9) of shape ``(n,)``.
+
+    The four gzipped IDX files are read from ``<cache>/mnist/``, where ``<cache>`` is ``root`` if
+    given, else ``$DGM_DATA`` if set, else ``~/.cache/dgm`` (:func:`data_home`), and checked
+    against their SHA-256 (:data:`MNIST_SHA256`). If they are missing, ``download=True`` fetches
+    them (:func:`download_mnist`, as does ``python -m dgm.data download mnist``); otherwise a
+    :class:`MissingDataError` says which files to put where. Nothing is downloaded unless asked.
+    """
+    return _mnist_format("mnist", split, root, download, labels)
+
+
+def fashion_mnist(split: str, root: str | os.PathLike | None = None, download: bool = False,
+                  labels: bool = False):
+    """Fashion-MNIST (Zalando's article images) of one split: ``torch.long`` ``(n, 784)``, levels 0..255.
+
+    The same format, splits and conventions as :func:`mnist` (50 000 train / 10 000 val, the last
+    block of the training file / 10 000 test), read from ``<cache>/fashion_mnist/`` (``root``,
+    else ``$DGM_DATA``, else ``~/.cache/dgm``); the labels (``labels=True``) are the classes 0..9:
+    T-shirt/top, trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot.
+    ``download=True`` or ``python -m dgm.data download fashion_mnist`` fetches the files.
+    """
+    return _mnist_format("fashion_mnist", split, root, download, labels)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dgm.data download mnist [fashion_mnist] [--root DIR]``: fetch them into the cache."""
+    parser = argparse.ArgumentParser(prog="python -m dgm.data", description="Data of dgm-book.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch = commands.add_parser("download", help="download MNIST-format datasets into the cache folder",
+                                description="Download the gzipped IDX files of each dataset into "
+                                            "<cache>/<dataset>/ and check their SHA-256.")
+    fetch.add_argument("datasets", nargs="+", choices=MNIST_DATASETS, metavar="dataset",
+                       help=f"one or more of: {', '.join(MNIST_DATASETS)}")
+    fetch.add_argument("--root", default=None,
+                       help="cache folder (default: $DGM_DATA if set, else ~/.cache/dgm)")
+    args = parser.parse_args(argv)
+    for dataset in args.datasets:
+        try:
+            folder = download_mnist(dataset, args.root)
+        except MissingDataError as e:
+            print(e, file=sys.stderr)
+            return 1
+        print(f"{_MNIST_NAMES[dataset]}: {', '.join(MNIST_SHA256[dataset])} in {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,17 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from tools import pdf
+
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "_build" / "html"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+CHROMIUM = str(pdf.CHROMIUM)
+CHROMIUM_ARGS = pdf.QUIET_FLAGS
 
 
 @pytest.fixture(scope="session")

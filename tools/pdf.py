@@ -39,10 +39,12 @@ PDFS = {
     "exam2_solutions": ("exercises/exam2.html", "solutions"),
 }
 
-# Headless chromium, quiet and offline: no first-run, sync, component or GPU work.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run",
-         "--no-pdf-header-footer", "--run-all-compositor-stages-before-draw"]
+#: Chromium quiet and offline: no sandbox (containers), GPU, first-run, sync or component
+#: work. The browser tests launch it with the same flags (tests/conftest.py).
+QUIET_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run"]
+FLAGS = ["--headless", *QUIET_FLAGS, "--no-pdf-header-footer",
+         "--run-all-compositor-stages-before-draw"]
 #: Virtual milliseconds chromium lets the page's scripts run before it prints; the clock
 #: stands still while files load, so MathJax has typeset the page long before this.
 VIRTUAL_TIME_MS = 8_000

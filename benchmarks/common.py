@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -77,6 +78,7 @@ def two_part_arguments(doc: str, argv=None, extra=(), parts=("digits", "toys")) 
                         help="torch threads (default 2, the book's machine)")
     for flag, text in extra:
         parser.add_argument(flag, help=text)
+    add_scale_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     return args
@@ -95,3 +97,123 @@ def run_parts(out: Path, args: argparse.Namespace, parts: dict) -> dict | None:
         print("quick run: nothing written")
         return None
     return results
+
+
+# ------------------------------------------------ the same benchmark on MNIST-size images
+#: What --data may name: the book's 8x8 digits, the two MNIST-format datasets (28x28, 256
+#: levels; files under --root, $DGM_DATA or ~/.cache/dgm, see dgm.data.mnist), and
+#: "digits28": the 8x8 digits upscaled to 28x28 with 256 levels (dgm.data.digits28), an
+#: embedded stand-in of the same shape for smoke runs without a download.
+DATA_CHOICES = ("digits", "mnist", "fashion_mnist", "digits28")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data, --device, --root, --download, --epochs and --subset (see scaled_main)."""
+    parser.add_argument("--data", choices=DATA_CHOICES, default="digits",
+                        help="digits (the book's numbers, on the CPU), mnist or fashion_mnist "
+                             "(28x28, 256 levels), or digits28 (an embedded 28x28 stand-in)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps; used by "
+                             "the 28x28 runs (the digits results are the CPU's)")
+    parser.add_argument("--root", help="the folder holding mnist/ and fashion_mnist/ "
+                                       "(default $DGM_DATA, else ~/.cache/dgm)")
+    parser.add_argument("--download", action="store_true",
+                        help="download the MNIST files first if they are missing")
+    parser.add_argument("--epochs", type=int, help="the 28x28 run's training epochs")
+    parser.add_argument("--subset", type=int,
+                        help="only the first N images of each split (a smoke run)")
+
+
+@dataclass
+class Images:
+    """The three splits of an image dataset (torch.long (n, side^2), levels 0..levels-1)."""
+
+    name: str
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    y_train: torch.Tensor
+    y_test: torch.Tensor
+    side: int
+    levels: int
+
+    @property
+    def dim(self) -> int:
+        return self.side * self.side
+
+
+def load_images(args: argparse.Namespace) -> Images:
+    """The splits that --data names (first --subset images of each), with labels."""
+    from dgm import data
+
+    if args.data == "digits28":
+        splits = {s: data.digits28(s, labels=True) for s in ("train", "val", "test")}
+        side, levels = 28, data.MNIST_LEVELS
+    elif args.data in data.MNIST_DATASETS:
+        load = getattr(data, args.data)
+        splits = {s: load(s, root=args.root, download=args.download, labels=True)
+                  for s in ("train", "val", "test")}
+        side, levels = data.MNIST_SIDE, data.MNIST_LEVELS
+    else:
+        raise ValueError(f"load_images is for 28x28 data, not {args.data!r}")
+    n = args.subset
+    cut = {s: (x[:n], y[:n]) if n else (x, y) for s, (x, y) in splits.items()}
+    return Images(args.data, cut["train"][0], cut["val"][0], cut["test"][0], cut["train"][1],
+                  cut["test"][1], side, levels)
+
+
+def results_path(bench: str, data_name: str) -> Path:
+    """benchmarks/results/<bench>.json for the digits, <bench>-<data>.json otherwise."""
+    return RESULTS / (f"{bench}.json" if data_name == "digits" else f"{bench}-{data_name}.json")
+
+
+def device_name(device: torch.device) -> str:
+    """What the run ran on, for the results: the GPU's name, or the CPU's thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu" else device.type
+
+
+def scaled_main(bench: str, args: argparse.Namespace, run, default_epochs: int,
+                quick_epochs: int = 1) -> int:
+    """Run a benchmark's 28x28 part: run(images, epochs, device, quick) -> results dict.
+
+    --quick: the first 64 images of each split (unless --subset), quick_epochs, nothing
+    written. Otherwise the results, with what ran where and how long, go to
+    results_path(bench, --data), never over the digits results.
+    """
+    from dgm.train import default_device
+
+    if args.quick and not args.subset:
+        args.subset = 64
+    images = load_images(args)
+    device = default_device(args.device)
+    epochs = args.epochs or (quick_epochs if args.quick else default_epochs)
+    print(f"{bench} on {images.name}: {len(images.train)} / {len(images.val)} / "
+          f"{len(images.test)} images of {images.side}x{images.side}, {images.levels} levels; "
+          f"{epochs} epochs on {device_name(device)}", flush=True)
+    start = time.perf_counter()
+    results = run(images, epochs, device, args.quick)
+    results.update({"data": images.name, "side": images.side, "levels": images.levels,
+                    "n_train": len(images.train), "n_test": len(images.test), "epochs": epochs,
+                    "device": device_name(device), "wall_seconds": time.perf_counter() - start})
+    for key, value in results.items():
+        if not isinstance(value, (dict, list)):
+            print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    if args.quick:
+        print("quick run: nothing written")
+        return 0
+    write_results(results_path(bench, images.name), results, getattr(args, "note", None))
+    return 0
+
+
+def per_image_summary(a: torch.Tensor, b: torch.Tensor, dim: int, prefix: str = "test") -> dict:
+    """Two independent draws a, b of a per-image bound (nats): the mean over images in nats
+    and bits/dim, with its Monte Carlo standard error (dgm.metrics.paired_estimate)."""
+    from dgm import data, metrics
+
+    mean, mc_se = metrics.paired_estimate(a.detach().cpu(), b.detach().cpu())
+    return {f"{prefix}_nats": mean, f"{prefix}_mc_se": mc_se,
+            f"{prefix}_bits_per_dim": data.bits_per_dim(mean, dim),
+            f"{prefix}_bits_per_dim_mc_se": data.bits_per_dim(mc_se, dim)}

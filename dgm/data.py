@@ -338,26 +338,45 @@ def digits(split: str, labels: bool = False):
     return (x[a:b].clone(), y[a:b].clone()) if labels else x[a:b].clone()
 
 
+def digits28(split: str, labels: bool = False):
+    """The digits of :func:`digits` upscaled to MNIST's format: ``torch.long`` ``(n, 784)``, levels 0..255.
+
+    Each 8x8 image (levels scaled to [0, 1]) is resized to 28x28 by bilinear interpolation and
+    rounded to the 256 levels. Not MNIST: a stand-in of the same shape and levels, embedded like
+    the digits, so that every 28x28 code path (models, benchmarks' ``--data digits28``, tests)
+    runs without a download. Same splits and labels as :func:`digits`.
+    """
+    x, y = digits(split, labels=True)
+    img = x.reshape(-1, 1, 8, 8).float() / (DIGITS_LEVELS - 1)
+    big = torch.nn.functional.interpolate(img, size=(MNIST_SIDE, MNIST_SIDE), mode="bilinear",
+                                          align_corners=False)
+    x28 = (big * (MNIST_LEVELS - 1)).round().clamp(0, MNIST_LEVELS - 1).long().reshape(len(x), -1)
+    return (x28, y) if labels else x28
+
+
 def describe(x) -> str:
     """What an argument is, for error messages: 'torch.int64 of shape (3, 64)' or its type's name."""
     return f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
 
 
 def shift_digits(x: torch.Tensor, max_shift: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Shift each 8x8 digit by a random whole number of pixels in -max_shift..max_shift, both ways.
+    """Shift each square image by a random whole number of pixels in -max_shift..max_shift, both ways.
 
-    Data augmentation for the small digits training split: x is (n, 64) (any dtype); pixels that
-    move in from outside the image are 0 (background). Returns a new tensor like x.
+    Data augmentation for the small digits training split: x is (n, side * side) (any dtype;
+    (n, 64) for the 8x8 digits, (n, 784) for MNIST); pixels that move in from outside the image
+    are 0 (background). Returns a new tensor like x.
     """
-    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != 64:
-        raise ValueError(f"expected digits as a tensor of shape (n, 64), got {describe(x)}")
+    side = math.isqrt(x.shape[1]) if isinstance(x, torch.Tensor) and x.ndim == 2 else 0
+    if side < 2 or side * side != x.shape[1]:
+        raise ValueError("expected square images flattened row by row, a tensor of shape (n, 64) "
+                         f"for the digits or (n, 784) for MNIST, got {describe(x)}")
     n, m = len(x), max_shift
-    padded = torch.nn.functional.pad(x.reshape(n, 8, 8), (m, m, m, m))
-    dy, dx = torch.randint(-m, m + 1, (2, n), generator=generator)
-    rows = torch.arange(8)[None, :] + m - dy[:, None]  # (n, 8)
-    cols = torch.arange(8)[None, :] + m - dx[:, None]
-    out = padded[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    return out.reshape(n, 64)
+    padded = torch.nn.functional.pad(x.reshape(n, side, side), (m, m, m, m))
+    dy, dx = torch.randint(-m, m + 1, (2, n), generator=generator).to(x.device)
+    grid = torch.arange(side, device=x.device)[None, :] + m
+    rows, cols = grid - dy[:, None], grid - dx[:, None]  # (n, side)
+    out = padded[torch.arange(n, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return out.reshape(n, side * side)
 
 
 def check_levels(x, levels: int = DIGITS_LEVELS, dim: int | None = None) -> torch.Tensor:
@@ -379,7 +398,7 @@ def dequantize(x: torch.Tensor, levels: int = DIGITS_LEVELS, generator: torch.Ge
     (see :func:`discrete_nll_bound`).
     """
     x = check_levels(x, levels)
-    u = torch.rand(x.shape, generator=generator)
+    u = torch.rand(x.shape, generator=generator).to(x.device)  # drawn on the CPU: same numbers
     y = (x.float() + u) / levels
     # float32 rounding of x + u (u just below 1) must not carry y into the next bin
     top = ((x + 1).float() / levels)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgm import data
+from dgm.train import default_device
 from dgm.vae import mlp_with_dropout
 
 
@@ -106,7 +107,8 @@ class Schedule:
 
         Shaped to broadcast against `like` (n, ...).
         """
-        return getattr(self, name)[t - 1].reshape(-1, *([1] * (like.ndim - 1)))
+        values = getattr(self, name)[t.cpu() - 1].to(like.device)  # kept on the CPU
+        return values.reshape(-1, *([1] * (like.ndim - 1)))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor,
                  eps: torch.Tensor | None = None) -> torch.Tensor:
@@ -126,7 +128,8 @@ def time_embedding(logsnr: torch.Tensor, dim: int = 64) -> torch.Tensor:
 
     Defined in book/05_diffusion.md, section "Training on 2D data".
     """
-    freqs = torch.exp(torch.linspace(0, math.log(1000.0), dim // 2))
+    freqs = torch.exp(torch.linspace(0, math.log(1000.0), dim // 2,
+                                     device=logsnr.device))
     arg = logsnr[:, None] / 20 * freqs
     return torch.cat([torch.sin(arg), torch.cos(arg)], 1)
 
@@ -148,10 +151,11 @@ def with_label(h: torch.Tensor, label: nn.Embedding | None, y: torch.Tensor | No
         return h
     null = label.num_embeddings - 1
     if y is None:
-        y = torch.full((len(h),), null, dtype=torch.long)
+        y = torch.full((len(h),), null, dtype=torch.long, device=h.device)
     elif training and p_uncond > 0:
         # drop labels so that the model also learns p(x)
-        y = torch.where(torch.rand(len(y)) < p_uncond, torch.full_like(y, null), y)
+        drop = torch.rand(len(y), device=y.device) < p_uncond
+        y = torch.where(drop, torch.full_like(y, null), y)
     return torch.cat([h, label(y)], 1)
 
 
@@ -176,7 +180,7 @@ class Diffusion(nn.Module):
 
         Shape (n, emb or 2 emb).
         """
-        h = time_embedding(self.schedule.logsnr[t - 1], self.emb)
+        h = time_embedding(self.schedule.at("logsnr", t, t), self.emb)
         return with_label(h, self.label, y, self.p_uncond, self.training)
 
     def x0_hat(self, xt: torch.Tensor, t: torch.Tensor, y=None) -> torch.Tensor:
@@ -221,13 +225,13 @@ class Diffusion(nn.Module):
         x = xT
         for t, t_prev in zip(ts[:-1], ts[1:]):
             ab, ab_prev = s.alpha_bar[t - 1], s.alpha_bar[t_prev - 1]
-            x0 = self.guided_x0(x, torch.full((len(x),), t), y, w)
+            x0 = self.guided_x0(x, torch.full((len(x),), t, device=x.device), y, w)
             eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
             # = beta_tilde_t when eta = 1, t_prev = t - 1
             var = eta**2 * (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)
             x = (ab_prev.sqrt() * x0 + (1 - ab_prev - var).clamp(min=0).sqrt() * eps
                  + var.sqrt() * torch.randn_like(x))
-        x0 = self.decode(x, torch.full((len(x),), ts[-1]), y, w)
+        x0 = self.decode(x, torch.full((len(x),), ts[-1], device=x.device), y, w)
         self.train(was_training)
         return x0
 
@@ -237,7 +241,9 @@ class Diffusion(nn.Module):
 
         The digits DDPM returns levels, drawn in the last step (see DDPM.decode).
         """
-        return self.sample_from(torch.randn(n, self.dim), steps, eta, y, w)
+        p = next(self.parameters(), None)  # the model's device (the CPU without any)
+        xT = torch.randn(n, self.dim, device=p.device if p is not None else "cpu")
+        return self.sample_from(xT, steps, eta, y, w)
 
 
 class GaussianDiffusion(Diffusion):
@@ -274,7 +280,7 @@ class GaussianDiffusion(Diffusion):
         t is uniform on 1..T.
         """
         x0 = data.check_points(x0, self.dim)
-        t = torch.randint(1, self.schedule.T + 1, (len(x0),))
+        t = torch.randint(1, self.schedule.T + 1, (len(x0),), device=x0.device)
         eps = torch.randn_like(x0)
         xt = self.schedule.q_sample(x0, t, eps)
         return ((eps - self.eps_hat(xt, t, y)) ** 2).sum(1)
@@ -283,13 +289,15 @@ class GaussianDiffusion(Diffusion):
 def train_diffusion(model: Diffusion, x: torch.Tensor, y: torch.Tensor | None = None, *,
                     epochs: int = 100, batch_size: int = 50, lr: float = 1e-3,
                     weight_decay: float = 0.0, ema: float = 0.99, augment=None,
-                    val=None, eval_every: int = 10, seed: int = 0, log=None) -> dict:
+                    val=None, eval_every: int = 10, seed: int = 0, log=None,
+                    device="auto") -> dict:
     """Minibatch AdamW on model.loss(x, y).mean(), with an EMA of the weights.
 
     An exponential moving average (EMA) of the weights: the EMA weights end up in
     `model` (in eval mode). With val = fn(model) -> float (lower is better), evaluated
     every eval_every epochs, the EMA weights of the best evaluation are kept: early
     stopping. Returns the history: per-epoch mean loss, evaluation epochs and values.
+    device="auto": CUDA when present, else MPS, else the CPU (batches move there).
     Defined in book/05_diffusion.md, section "Training on 2D data".
     """
     if y is not None and len(y) != len(x):
@@ -300,6 +308,8 @@ def train_diffusion(model: Diffusion, x: torch.Tensor, y: torch.Tensor | None = 
                          f"got {epochs}, {batch_size}, {ema}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    device = default_device(device)
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     average = copy.deepcopy(model).eval()
     history, best = {"loss": [], "val_epoch": [], "val": []}, (math.inf, None)
@@ -308,7 +318,8 @@ def train_diffusion(model: Diffusion, x: torch.Tensor, y: torch.Tensor | None = 
         total = 0.0
         for idx in torch.randperm(len(x), generator=gen).split(batch_size):
             xb = x[idx] if augment is None else augment(x[idx])
-            loss = model.loss(xb, None if y is None else y[idx]).mean()
+            yb = None if y is None else y[idx].to(device)
+            loss = model.loss(xb.to(device), yb).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -410,7 +421,8 @@ class DigitsDenoiser(nn.Module):
 
 
 class DDPM(Diffusion):
-    """A DDPM for the digits: x of shape (n, 64), levels 0..16 scaled to c_k in [-1, 1].
+    """A DDPM for the digits: x of shape (n, dim), levels 0..levels-1 (64 and 17 for
+    the digits, 784 and 256 for MNIST) scaled to c_k in [-1, 1].
 
     denoiser="categorical": p(x_0 = c_k | x_t) per pixel from network logits plus the
     exact Gaussian log-likelihood of x_t, and x0_hat its mean. denoiser="eps": an
@@ -423,17 +435,18 @@ class DDPM(Diffusion):
     """
 
     def __init__(self, schedule: Schedule | None = None, denoiser: str = "categorical",
-                 num_classes: int = 0, p_uncond: float = 0.2, **network):
+                 num_classes: int = 0, p_uncond: float = 0.2, dim: int = 64,
+                 levels: int = LEVELS, **network):
         super().__init__(schedule or Schedule.cosine(1000, sigma_1=0.02, var_T=0.9999),
                          num_classes, p_uncond)
         if denoiser not in ("categorical", "eps"):
             raise ValueError("denoiser must be 'categorical' or 'eps', "
                              f"got {denoiser!r}")
-        self.dim, self.denoiser = 64, denoiser
-        self.register_buffer("levels", torch.linspace(-1, 1, LEVELS))
+        self.dim, self.denoiser, self.n_levels = dim, denoiser, levels
+        self.register_buffer("levels", torch.linspace(-1, 1, levels))
         d_cond = self.emb * (2 if num_classes else 1)
-        self.net = DigitsDenoiser(d_cond, self.dim * LEVELS if denoiser == "categorical"
-                                  else self.dim, **network)
+        self.net = DigitsDenoiser(d_cond, dim * levels if denoiser == "categorical"
+                                  else dim, dim=dim, **network)
         # importance sampling of t in training: a moving average of L_t^2 on log-spaced
         # bins of 1..T
         edges = (torch.logspace(0, math.log10(self.schedule.T + 1), 31).round().long()
@@ -443,13 +456,14 @@ class DDPM(Diffusion):
 
     def denoise(self, xt: torch.Tensor, t: torch.Tensor,
                 y=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x0_hat (n, 64) and log p(x_0 = c_k | x_t) (n, 64, 17)."""
+        """x0_hat (n, dim) and log p(x_0 = c_k | x_t) (n, dim, levels)."""
         out = self.net(xt, self.condition(t, y))
         ab = self.schedule.at("alpha_bar", t, xt)
         if self.denoiser == "categorical":
             loglik = (-((xt[..., None] - ab[..., None].sqrt() * self.levels) ** 2)
                       / (2 * (1 - ab[..., None])))
-            logp = F.log_softmax(out.reshape(len(xt), self.dim, LEVELS) + loglik, -1)
+            logits = out.reshape(len(xt), self.dim, self.n_levels)
+            logp = F.log_softmax(logits + loglik, -1)
             return (logp.exp() * self.levels).sum(-1), logp
         x0_hat = (xt - (1 - ab).sqrt() * out) / ab.sqrt()
         return x0_hat, discretized_gaussian_log_prob(x0_hat, ((1 - ab) / ab).sqrt(),
@@ -463,7 +477,7 @@ class DDPM(Diffusion):
 
         L_{t-1} for t >= 2, L_0 = -log p(x_0 | x_1) for t = 1.
         """
-        x = data.check_levels(x, LEVELS, dim=self.dim)
+        x = data.check_levels(x, self.n_levels, dim=self.dim)
         s, x0 = self.schedule, self.levels[x]
         x0_hat, logp = self.denoise(s.q_sample(x0, t), t, y)
         kl = (s.at("kl_weight", t, x0) * (x0 - x0_hat) ** 2).sum(1)  # eq-diff-snr
@@ -472,7 +486,7 @@ class DDPM(Diffusion):
 
     def prior_kl(self, x: torch.Tensor) -> torch.Tensor:
         """L_T = KL(q(x_T | x_0) || N(0, I)) per example."""
-        x0 = self.levels[data.check_levels(x, LEVELS, dim=self.dim)]
+        x0 = self.levels[data.check_levels(x, self.n_levels, dim=self.dim)]
         ab = self.schedule.alpha_bar[-1]
         return 0.5 * (ab * x0**2 + (1 - ab) - 1 - torch.log(1 - ab)).sum(1)
 
@@ -515,8 +529,9 @@ class DDPM(Diffusion):
         """
         was_training = self.training
         self.eval()
-        terms = torch.stack([self.terms(x, torch.full((len(x),), t), y)
-                             for t in range(1, self.schedule.T + 1)])
+        terms = torch.stack([
+            self.terms(x, torch.full((len(x),), t, device=x.device), y)
+            for t in range(1, self.schedule.T + 1)])
         self.train(was_training)
         return terms
 
@@ -539,7 +554,8 @@ class DDPM(Diffusion):
         edges = torch.linspace(1, T + 1, t_samples + 1).long().tolist()
         for lo, hi in zip(edges[:-1], edges[1:]):
             if hi > lo:
-                total += (hi - lo) * self.terms(x, torch.randint(lo, hi, (len(x),)), y)
+                t = torch.randint(lo, hi, (len(x),), device=x.device)
+                total += (hi - lo) * self.terms(x, t, y)
         self.train(was_training)
         return total
 

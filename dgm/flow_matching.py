@@ -15,7 +15,7 @@ from dgm.diffusion import DigitsDenoiser, time_embedding, with_label
 
 def _as_time(t, x: torch.Tensor) -> torch.Tensor:
     """t as a tensor of shape (n,) for the n rows of x (t: a number or a tensor)."""
-    t = torch.as_tensor(t, dtype=x.dtype)
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     return t.expand(len(x)) if t.dim() == 0 else t
 
 
@@ -50,7 +50,7 @@ def hutchinson_divergence(v, x: torch.Tensor, t, probe: str = "rademacher",
     """
     if probe not in ("rademacher", "gaussian"):
         raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
-    xi = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    xi = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     if probe == "rademacher":
         xi = torch.where(xi < 0, -1.0, 1.0).to(x.dtype)
     with torch.enable_grad():
@@ -135,7 +135,8 @@ def cnf_log_prob(v, x: torch.Tensor, steps: int = 20, method: str = "rk4",
             vel, div = hutchinson_divergence(v, state[:, :d], t, generator=generator)
         return torch.cat([vel, div[:, None]], 1)
 
-    start = torch.cat([x.detach(), torch.zeros(len(x), 1, dtype=x.dtype)], 1)
+    zero = torch.zeros(len(x), 1, dtype=x.dtype, device=x.device)
+    start = torch.cat([x.detach(), zero], 1)
     state = ode_solve(f, start, 0.0, 1.0, steps, method)
     return standard_normal_log_prob(state[:, :d]) + state[:, d]
 
@@ -267,7 +268,7 @@ class FlowMatching(nn.Module):
             x1 = torch.randn_like(x0)
             if self.coupling == "ot":
                 x1 = ot_pairing(x0, x1)
-        t = torch.rand(len(x0))
+        t = torch.rand(len(x0), device=x0.device)
         xt, target = self.path.sample(x0, x1, t)
         return ((self.velocity(xt, t, y) - target) ** 2).sum(1)
 
@@ -281,8 +282,9 @@ class FlowMatching(nn.Module):
     def sample(self, n: int, steps: int = 50, method: str = "heun", y=None,
                w: float = 0.0, return_path: bool = False):
         """n samples: x_1 ~ N(0, I) carried to t = 0 by `steps` steps of the solver."""
-        return self.sample_from(torch.randn(n, self.dim), steps, method, y, w,
-                                return_path)
+        p = next(self.parameters(), None)  # the model's device (the CPU without any)
+        x1 = torch.randn(n, self.dim, device=p.device if p is not None else "cpu")
+        return self.sample_from(x1, steps, method, y, w, return_path)
 
     def log_prob(self, x: torch.Tensor, steps: int = 20, method: str = "rk4",
                  estimator: str = "exact", generator=None) -> torch.Tensor:
@@ -299,8 +301,8 @@ def ot_pairing(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     from scipy.optimize import linear_sum_assignment
 
     cost = torch.cdist(x0.detach().double(), x1.detach().double()) ** 2
-    _, cols = linear_sum_assignment(cost.numpy())
-    return x1[torch.as_tensor(cols)]
+    _, cols = linear_sum_assignment(cost.cpu().numpy())
+    return x1[torch.as_tensor(cols, device=x1.device)]
 
 
 def straightness(model: FlowMatching, x1: torch.Tensor, steps: int = 100) -> float:
@@ -313,21 +315,23 @@ def straightness(model: FlowMatching, x1: torch.Tensor, steps: int = 100) -> flo
     """
     path = model.sample_from(x1, steps=steps, method="heun", return_path=True)
     chord = path[0] - path[-1]                                 # x_1 - x_0
-    ts = torch.linspace(1, 0, steps + 1)
+    ts = torch.linspace(1, 0, steps + 1, device=x1.device)
     with torch.no_grad():
         dev = [((model.velocity(p, t) - chord) ** 2).sum(1).mean()
                for p, t in zip(path, ts)]
     return torch.stack(dev).mean().item()
 
 
-def digits_to_unit(x: torch.Tensor, generator=None) -> torch.Tensor:
+def digits_to_unit(x: torch.Tensor, generator=None,
+                   levels: int = data.DIGITS_LEVELS) -> torch.Tensor:
     """Dequantized digits on [-1, 1): x_tilde = 2 (x + u) / 17 - 1, u ~ U[0, 1)^64.
 
+    (levels=256, D = 784 for MNIST: 2 (x + u) / 256 - 1.)
     Defined in book/07_flow_matching.md, section "Flow matching on the digits".
     """
-    x_tilde = 2 * data.dequantize(x, generator=generator) - 1
+    x_tilde = 2 * data.dequantize(x, levels, generator=generator) - 1
     for _ in range(4):   # float32 rounding must not move x_tilde into the bin below x's
-        low = unit_to_digits(x_tilde) < x
+        low = unit_to_digits(x_tilde, levels) < x
         if not low.any():
             break
         x_tilde = torch.where(low, torch.nextafter(x_tilde, torch.ones_like(x_tilde)),
@@ -335,28 +339,30 @@ def digits_to_unit(x: torch.Tensor, generator=None) -> torch.Tensor:
     return x_tilde
 
 
-def unit_to_digits(x_tilde: torch.Tensor) -> torch.Tensor:
-    """The levels 0..16 (torch.long) whose bins hold x_tilde in [-1, 1) (clamped).
+def unit_to_digits(x_tilde: torch.Tensor,
+                   levels: int = data.DIGITS_LEVELS) -> torch.Tensor:
+    """The levels 0..levels-1 (torch.long) whose bins hold x_tilde (clamped).
 
     Defined in book/07_flow_matching.md, section "Flow matching on the digits".
     """
-    levels = data.DIGITS_LEVELS
     return ((x_tilde + 1) / 2 * levels).floor().clamp(0, levels - 1).long()
 
 
 def digits_nll_bound(model: FlowMatching, x: torch.Tensor, steps: int = 20,
-                     method: str = "rk4", generator=None,
-                     probe_generator=None) -> torch.Tensor:
+                     method: str = "rk4", generator=None, probe_generator=None,
+                     levels: int = data.DIGITS_LEVELS) -> torch.Tensor:
     """One draw of the bound eq-fm-digits-bound on -log P(x), in nats per image (n,).
 
     Dequantize (one draw per image, from generator), scale to [-1, 1) (the Jacobian
-    2^64), and evaluate the ODE's log-density with Hutchinson's estimator (probes from
-    probe_generator, default generator): unbiased for the solver's value of the bound.
-    Average over draws and report their Monte Carlo error.
+    2^D, D = 64), and evaluate the ODE's log-density with Hutchinson's estimator
+    (probes from probe_generator, default generator): unbiased for the solver's value
+    of the bound. Average over draws and report their Monte Carlo error. The images'
+    dimension D is the model's (784 for MNIST, with levels=256).
     Defined in book/07_flow_matching.md, section "Flow matching on the digits".
     """
-    x = data.check_levels(x, dim=64)
-    x_tilde = digits_to_unit(x, generator)
+    D = model.dim
+    x = data.check_levels(x, levels, dim=D)
+    x_tilde = digits_to_unit(x, generator, levels)
     log_p = model.log_prob(x_tilde, steps, method, "hutchinson",
                            probe_generator or generator)
-    return data.discrete_nll_bound(log_p + 64 * math.log(2), 64)
+    return data.discrete_nll_bound(log_p + D * math.log(2), D, levels)

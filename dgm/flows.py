@@ -503,26 +503,28 @@ class Logit(nn.Module):
         return y, -self._log_abs_det(p)
 
 
-def dequantized_nll(model, x):
+def dequantized_nll(model, x, levels: int = data.DIGITS_LEVELS):
     """The loss: -log p_Y(y) per image on a fresh dequantization y of the integers x.
 
-    While training, each image is also shifted by up to one pixel: 1000 images are few.
+    x holds levels 0..levels-1 (17 on the digits, 256 on MNIST). While training, each
+    image is also shifted by up to one pixel: 1000 images are few.
     Defined in book/01_flows.md, section "Discrete data: dequantization and bits per dimension".
     """
     if model.training:
         x = data.shift_digits(x)
-    return -model.log_prob(data.dequantize(x)).mean()
+    return -model.log_prob(data.dequantize(x, levels)).mean()
 
 
 @torch.no_grad()
 def dequantization_bound(model, x, draws: int = 20, per_image: bool = False,
-                         k: int = 1):
+                         k: int = 1, levels: int = data.DIGITS_LEVELS):
     """Upper bound on the discrete NLL (nats per image) of integer images x, per draw.
 
     Returns a tensor of shape (draws,): the mean over images of
-    -log (1/k) sum_j p_Y(y_j) + D log 17 for k dequantizations y_j per draw, draw s with
-    seed s; k = 1 is the Jensen bound (eq. dequant-bound), k > 1 the importance-weighted
-    bound (eq. dequant-iw), tighter as k grows. With per_image=True: shape (draws, n).
+    -log (1/k) sum_j p_Y(y_j) + D log L for k dequantizations y_j per draw (L = levels,
+    17 on the digits), draw s with seed s; k = 1 is the Jensen bound (eq.
+    dequant-bound), k > 1 the importance-weighted bound (eq. dequant-iw), tighter as k
+    grows. With per_image=True: shape (draws, n).
     Defined in book/01_flows.md, section "Discrete data: dequantization and bits per dimension".
     """
     if k < 1 or draws < 1:
@@ -530,10 +532,10 @@ def dequantization_bound(model, x, draws: int = 20, per_image: bool = False,
     per_draw = []
     for s in range(draws):
         g = torch.Generator().manual_seed(s)
-        log_p = torch.stack([model.log_prob(data.dequantize(x, generator=g))
+        log_p = torch.stack([model.log_prob(data.dequantize(x, levels, generator=g))
                              for _ in range(k)])  # (k, n)
         log_mean_p = torch.logsumexp(log_p, 0) - math.log(k)
-        per_draw.append(data.discrete_nll_bound(log_mean_p, x.shape[1]))
+        per_draw.append(data.discrete_nll_bound(log_mean_p, x.shape[1], levels))
     bound = torch.stack(per_draw)
     return bound if per_image else bound.mean(1)
 

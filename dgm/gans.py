@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgm import data
+from dgm.train import default_device
 
 
 def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
@@ -157,7 +158,7 @@ def train_gan(G: Generator, D: Discriminator, x: torch.Tensor, steps: int,
               r1: float = 0.0, gp: float = 0.0, n_critic: int = 1, lr: float = 1e-3,
               betas: tuple[float, float] = (0.5, 0.99), batch_size: int = 256,
               decay: bool = True, augment=None, record=None, record_at=(),
-              seed: int = 0) -> dict:
+              seed: int = 0, device="auto") -> dict:
     """Alternating minibatch Adam on D (n_critic steps) and G (one step).
 
     Returns the loss history. loss: the generator's loss ("non-saturating", "minimax",
@@ -165,7 +166,8 @@ def train_gan(G: Generator, D: Discriminator, x: torch.Tensor, steps: int,
     (gamma / 2) E||grad a(x_real)||^2; gp: weight lambda of the WGAN-GP penalty; decay:
     learning rates fall linearly to 0 over `steps`; augment(x_batch) maps data batches
     to the networks' space (e.g. dequantize and rescale images); record(step, G, D) runs
-    at steps in record_at.
+    at steps in record_at. device="auto": CUDA when present, else MPS, else the CPU;
+    G and D move there, and so does each batch.
     Defined in book/04_gans.md, section "Training a GAN on 2D data".
     """
     if loss not in ("non-saturating", "minimax", "wasserstein"):
@@ -175,6 +177,8 @@ def train_gan(G: Generator, D: Discriminator, x: torch.Tensor, steps: int,
                          f"got {len(x)} and {len(y)}")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    device = default_device(device)
+    G.to(device), D.to(device)
     opt_G = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
     opt_D = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)
     schedule = (lambda s: 1 - s / steps) if decay else (lambda s: 1.0)
@@ -185,7 +189,7 @@ def train_gan(G: Generator, D: Discriminator, x: torch.Tensor, steps: int,
     def batch():
         idx = torch.randint(len(x), (batch_size,), generator=gen)
         xb = x[idx] if augment is None else augment(x[idx])
-        return xb, (None if y is None else y[idx])
+        return xb.to(device), (None if y is None else y[idx].to(device))
 
     for step in range(steps + 1):
         if record is not None and step in record_at:
@@ -195,7 +199,7 @@ def train_gan(G: Generator, D: Discriminator, x: torch.Tensor, steps: int,
         for _ in range(n_critic):  # discriminator (critic) steps
             x_real, yb = batch()
             with torch.no_grad():
-                x_fake = G(torch.randn(batch_size, G.z_dim), yb)
+                x_fake = G(torch.randn(batch_size, G.z_dim, device=device), yb)
             a_real, a_fake = D(x_real, yb), D(x_fake, yb)
             if loss == "wasserstein":
                 d_loss = a_fake.mean() - a_real.mean()
@@ -209,7 +213,8 @@ def train_gan(G: Generator, D: Discriminator, x: torch.Tensor, steps: int,
             d_loss.backward()
             opt_D.step()
         _, yb = batch()  # generator step, on labels drawn from the data
-        g_loss = generator_loss(D(G(torch.randn(batch_size, G.z_dim), yb), yb), loss)
+        z = torch.randn(batch_size, G.z_dim, device=device)
+        g_loss = generator_loss(D(G(z, yb), yb), loss)
         opt_G.zero_grad()
         g_loss.backward()
         opt_G.step()
@@ -220,30 +225,45 @@ def train_gan(G: Generator, D: Discriminator, x: torch.Tensor, steps: int,
     return history
 
 
-def to_unit(x: torch.Tensor, shift: bool = False) -> torch.Tensor:
+def to_unit(x: torch.Tensor, shift: bool = False,
+            levels: int = data.DIGITS_LEVELS) -> torch.Tensor:
     """Digits levels -> dequantized values in (-1, 1), the range of the generator.
 
-    The digits are optionally shifted by ±1 pixel first.
+    The digits are optionally shifted by ±1 pixel first; levels=256 for MNIST.
     Defined in book/04_gans.md, section "A GAN on the digits".
     """
-    return data.dequantize(data.shift_digits(x) if shift else x) * 2 - 1
+    return data.dequantize(data.shift_digits(x) if shift else x, levels) * 2 - 1
+
+
+def quarter_side(side: int) -> int:
+    """side / 4: the side of the conv GAN's smallest feature map (2 for 8x8).
+
+    Defined in book/04_gans.md, section "A convolutional GAN".
+    """
+    if side < 4 or side % 4:
+        raise ValueError(f"side must be a multiple of 4 (8 for the digits, 28 for "
+                         f"MNIST), got {side}")
+    return side // 4
 
 
 class ConvGenerator(nn.Module):
     """x = G(z) for 8x8 images: a linear map of z to (2C, 2, 2), then transposed
     convolutions (kernel 4, stride 2, padding 1) to (C, 4, 4) and (1, 8, 8), with
     LeakyReLU(0.2) between the layers and a tanh at the end; no batch norm.
+    (side=28: (2C, 7, 7), (C, 14, 14), (1, 28, 28).)
 
-    Returns flattened images (n, 64) in (-1, 1), like Generator(levels=...), so that
-    train_gan and the metrics apply unchanged; `sample` returns levels 0..levels-1.
+    Returns flattened images (n, side^2) in (-1, 1), like Generator(levels=...), so
+    that train_gan and the metrics apply unchanged; `sample` returns levels
+    0..levels-1.
     Defined in book/04_gans.md, section "A convolutional GAN".
     """
 
-    def __init__(self, z_dim: int = 16, channels: int = 50, levels: int = 17):
+    def __init__(self, z_dim: int = 16, channels: int = 50, levels: int = 17,
+                 side: int = 8):
         super().__init__()
-        self.z_dim, self.dim, self.channels = z_dim, 64, channels
-        self.levels, self.n_classes = levels, 0
-        self.project = nn.Linear(z_dim, 2 * channels * 2 * 2)
+        self.z_dim, self.dim, self.channels = z_dim, side * side, channels
+        self.levels, self.n_classes, self.base = levels, 0, quarter_side(side)
+        self.project = nn.Linear(z_dim, 2 * channels * self.base**2)
         self.net = nn.Sequential(
             nn.LeakyReLU(0.2),
             nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1),  # 2->4
@@ -255,7 +275,7 @@ class ConvGenerator(nn.Module):
             raise ValueError(f"z must have shape (n, {self.z_dim}), "
                              f"got {tuple(z.shape)}")
         _with_labels(z, y, 0)  # unconditional: refuses labels with a clear message
-        h = self.project(z).view(len(z), 2 * self.channels, 2, 2)
+        h = self.project(z).view(len(z), 2 * self.channels, self.base, self.base)
         return torch.tanh(self.net(h)).flatten(1)
 
     sample = Generator.sample  # the same binning of (-1, 1) to levels
@@ -265,25 +285,28 @@ class ConvDiscriminator(nn.Module):
     """The logit a(x) of 8x8 images x, given flattened as (n, 64): convolutions
     (kernel 4, stride 2, padding 1) to (C, 4, 4) and (2C, 2, 2) with LeakyReLU(0.2),
     then a linear map to one logit; no batch norm (the R1 penalty is per image).
+    (side=28: (C, 14, 14) and (2C, 7, 7).)
 
     The output has shape (n,).
     Defined in book/04_gans.md, section "A convolutional GAN".
     """
 
-    def __init__(self, channels: int = 50):
+    def __init__(self, channels: int = 50, side: int = 8):
         super().__init__()
-        self.dim, self.channels, self.n_classes = 64, channels, 0
+        self.dim, self.channels, self.n_classes = side * side, channels, 0
+        self.side, base = side, quarter_side(side)
         self.net = nn.Sequential(
             nn.Conv2d(1, channels, 4, stride=2, padding=1),  # 8 -> 4
             nn.LeakyReLU(0.2),
             nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1),  # 4 -> 2
             nn.LeakyReLU(0.2),
             nn.Flatten(),
-            nn.Linear(2 * channels * 2 * 2, 1))
+            nn.Linear(2 * channels * base**2, 1))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        if x.ndim != 2 or x.shape[1] != 64:
-            raise ValueError("x must have shape (n, 64), 8x8 images flattened "
-                             f"(x.flatten(1)), got {tuple(x.shape)}")
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (n, {self.dim}), {self.side}x"
+                             f"{self.side} images flattened (x.flatten(1)), "
+                             f"got {tuple(x.shape)}")
         _with_labels(x, y, 0)
-        return self.net(x.view(len(x), 1, 8, 8)).squeeze(1)
+        return self.net(x.view(len(x), 1, self.side, self.side)).squeeze(1)

@@ -30,7 +30,8 @@ from . import data
 
 __all__ = ["paired_estimate", "mode_coverage", "frechet_distance", "DigitsClassifier", "digits_classifier", "digits_features",
            "frechet_digits_distance", "pixel_gaussian_digits", "kernel_distance", "kernel_digits_distance",
-           "precision_recall", "density_coverage", "digits_scores"]
+           "precision_recall", "density_coverage", "digits_scores",
+           "train_classifier", "image_scores"]
 
 
 def paired_estimate(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -105,16 +106,21 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
 
 # ------------------------------------------------------------------ Fréchet digits distance
 class DigitsClassifier(nn.Module):
-    """An MLP 64 -> 256 -> ``features`` -> 10 on digits scaled to [0, 1]; ``features(x)`` is its last hidden layer."""
+    """An MLP 64 -> 256 -> ``features`` -> 10 on digits scaled to [0, 1]; ``features(x)`` is its last hidden layer.
 
-    def __init__(self, features: int = 32, hidden: int = 256):
+    ``dim`` and ``levels`` are the images' (64 and 17 for the digits, 784 and 256 for MNIST).
+    """
+
+    def __init__(self, features: int = 32, hidden: int = 256, dim: int = 64, levels: int = data.DIGITS_LEVELS):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, features), nn.ReLU())
+        self.dim, self.levels = dim, levels
+        self.body = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, features), nn.ReLU())
         self.head = nn.Linear(features, 10)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = data.check_levels(x, dim=64)
-        return self.body(x.float() / (data.DIGITS_LEVELS - 1))
+        x = data.check_levels(x, self.levels, dim=self.dim)
+        p = next(self.parameters())
+        return self.body(x.to(p.device).float() / (self.levels - 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits, shape (n, 10)."""
@@ -134,16 +140,30 @@ def digits_classifier(seed: int = 0, epochs: int = 150) -> DigitsClassifier:
 
 @lru_cache(maxsize=4)
 def _digits_classifier(seed: int, epochs: int) -> DigitsClassifier:
+    return train_classifier(*data.digits("train", labels=True), seed=seed, epochs=epochs)
+
+
+def train_classifier(x: torch.Tensor, y: torch.Tensor, levels: int = data.DIGITS_LEVELS, seed: int = 0,
+                     epochs: int = 150, batch_size: int = 100, device="cpu") -> DigitsClassifier:
+    """A :class:`DigitsClassifier` for images x (torch.long (n, D), square) with labels y, trained as
+    :func:`digits_classifier` is (its feature network for other images, MNIST say); frozen, in eval mode.
+
+    ``device`` is where it trains and stays (``"auto"``: CUDA, else MPS, else the CPU); the global
+    random state is untouched.
+    """
+    from .train import default_device
+
+    device = default_device(device)
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(), torch.enable_grad():
         torch.manual_seed(seed)
-        net = DigitsClassifier()
-        x, y = data.digits("train", labels=True)
+        net = DigitsClassifier(dim=x.shape[1], levels=levels).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-3)
         for _ in range(epochs):
             perm = torch.randperm(len(x), generator=g)
-            for idx in perm.split(100):
-                loss = nn.functional.cross_entropy(net(data.shift_digits(x[idx], generator=g)), y[idx])
+            for idx in perm.split(batch_size):
+                xb = data.shift_digits(x[idx], generator=g)
+                loss = nn.functional.cross_entropy(net(xb), y[idx].to(device))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -262,7 +282,14 @@ def digits_scores(samples: torch.Tensor, reference: torch.Tensor, seed: int = 0)
     All on the features of :func:`digits_classifier`; precision/recall with k = 3, density/coverage
     with k = 5, the defaults of their papers. Both sets are digits (torch.long, (n, 64), 0..16).
     """
-    fs, fr = digits_features(samples, seed), digits_features(reference, seed)
+    return image_scores(samples, reference, digits_classifier(seed))
+
+
+def image_scores(samples: torch.Tensor, reference: torch.Tensor, classifier: DigitsClassifier) -> dict[str, float]:
+    """The scores of :func:`digits_scores` in the features of any :class:`DigitsClassifier` (for MNIST:
+    one from :func:`train_classifier` on its training split): FD, KID, precision/recall, density/coverage."""
+    with torch.no_grad():
+        fs, fr = classifier.features(samples).cpu(), classifier.features(reference).cpu()
     precision, recall = precision_recall(fr, fs)
     density, coverage = density_coverage(fr, fs)
     return {"fdd": frechet_distance(fs, fr), "kid": kernel_distance(fs, fr), "precision": precision,

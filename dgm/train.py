@@ -33,11 +33,27 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def default_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else CUDA when present, else CPU (the book never needs a GPU)."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def default_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The device to train on: ``device`` itself, or for ``"auto"`` (and ``None``) CUDA when
+    present, else Apple's MPS when present, else the CPU. The book never needs a GPU: on a
+    machine without one, "auto" is the CPU and every number is the CPU's."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:0', 'mps' or a "
+                         f"torch.device, got {device!r}") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for, but this torch "
+                           f"({torch.__version__}) sees no CUDA GPU; use device='auto' "
+                           "(the CPU here) or, in Colab, Runtime > Change runtime type > GPU")
+    return resolved
 
 
 @dataclass
@@ -99,7 +115,7 @@ def fit(
     weight_decay: float = 0.0,
     patience: int | None = None,
     seed: int = 0,
-    device: str | torch.device | None = None,
+    device: str | torch.device | None = "auto",
     optimizer: torch.optim.Optimizer | None = None,
     clip_grad: float | None = None,
     progress: bool = True,
@@ -111,7 +127,9 @@ def fit(
     each (a single tensor when there is one). With ``val`` the validation loss is measured
     after each epoch; with ``patience`` too, training stops after that many epochs without
     improvement. With ``val`` the weights of the best epoch are restored at the end.
-    ``optimizer`` replaces the default ``Adam(lr, weight_decay)``. Returns a :class:`History`.
+    ``optimizer`` replaces the default ``Adam(lr, weight_decay)``. ``device="auto"`` trains on
+    CUDA when present, else MPS, else the CPU (:func:`default_device`); batches are moved
+    there, the data stay where they are. Returns a :class:`History`.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")

@@ -48,33 +48,38 @@ def mlp_with_dropout(n_in: int, hidden: int, n_out: int, depth: int = 2,
 
 
 class VAE(nn.Module):
-    """A variational autoencoder for the 8x8 digits.
+    """A variational autoencoder for the 8x8 digits (dim=784, levels=256: MNIST).
 
-    x has shape (n, 64), torch.long levels 0..16. q_phi(z | x) = N(mu, diag exp(logvar))
-    from an MLP encoder; p(z) = N(0, I); p_theta(x | z) a product over pixels of a
-    mixture of `components` discretized logistics (likelihood="logistic") or of 17-way
-    categoricals (likelihood="categorical"), from an MLP decoder.
+    x has shape (n, dim), torch.long levels 0..levels-1. q_phi(z | x) =
+    N(mu, diag exp(logvar)) from an MLP encoder; p(z) = N(0, I); p_theta(x | z) a
+    product over pixels of a mixture of `components` discretized logistics
+    (likelihood="logistic") or of levels-way categoricals (likelihood="categorical"),
+    from an MLP decoder.
     Defined in book/03_vae.md, section "A likelihood for discrete pixels".
     """
 
     def __init__(self, z_dim: int = 16, hidden: int = 512, likelihood: str = "logistic",
-                 components: int = 3, dropout: float = 0.1, dim: int = 64):
+                 components: int = 3, dropout: float = 0.1, dim: int = 64,
+                 levels: int = LEVELS):
         super().__init__()
         if likelihood not in ("logistic", "categorical"):
             raise ValueError("likelihood must be 'logistic' or 'categorical', "
                              f"got {likelihood!r}")
         self.z_dim, self.dim, self.likelihood = z_dim, dim, likelihood
-        self.components = components
+        self.components, self.levels = components, levels
+        # the middle level (8 on the digits), and one digits level (1/16 of the
+        # range) in levels: the decoder's means and scales are in that unit
+        self.mid, self.unit = (levels - 1) / 2, (levels - 1) / 16
         # decoder outputs per pixel
-        self.n_out = 3 * components if likelihood == "logistic" else LEVELS
+        self.n_out = 3 * components if likelihood == "logistic" else levels
         self.encoder = mlp_with_dropout(dim, hidden, 2 * z_dim, dropout=dropout)
         self.decoder = mlp_with_dropout(z_dim, hidden, self.n_out * dim,
                                         dropout=dropout)
 
     def encode(self, x):
         """(mu, logvar) of q_phi(z | x), each of shape (n, z_dim)."""
-        x = data.check_levels(x, LEVELS, self.dim)
-        return self.encoder(x.float() / 8 - 1).chunk(2, dim=-1)
+        x = data.check_levels(x, self.levels, self.dim)
+        return self.encoder(x.float() / self.mid - 1).chunk(2, dim=-1)
 
     def _decode(self, z):
         """The decoder's outputs for each pixel: shape (..., dim, n_out)."""
@@ -87,8 +92,9 @@ class VAE(nn.Module):
         """
         # each of shape (..., components)
         logits, mean, log_scale = out.unflatten(-1, (3, self.components)).unbind(-2)
-        log_p = discretized_logistic_log_prob(x[..., None], 8 + mean,
-                                              log_scale.clamp(min=-5))
+        log_p = discretized_logistic_log_prob(
+            x[..., None], self.mid + self.unit * mean,
+            log_scale.clamp(min=-5) + math.log(self.unit), self.levels)
         return torch.logsumexp(F.log_softmax(logits, -1) + log_p, dim=-1)
 
     def log_lik(self, x, z):
@@ -101,20 +107,20 @@ class VAE(nn.Module):
             log_p = (F.log_softmax(out, -1)
                      .gather(-1, x.expand(*out.shape[:-1])[..., None]).squeeze(-1))
         else:
-            # only at the observed levels: 17 times cheaper
+            # only at the observed levels: `levels` times cheaper
             log_p = self._mixture_log_prob(out, x)
         return log_p.sum(-1)
 
     def pixel_log_probs(self, z):
         """log p_theta(x_i = k | z) for every pixel i and level k.
 
-        Shape (..., dim, 17) for z of shape (..., z_dim).
+        Shape (..., dim, levels) for z of shape (..., z_dim).
         """
         out = self._decode(z)
         if self.likelihood == "categorical":
             return F.log_softmax(out, -1)
         return self._mixture_log_prob(out[..., None, :],
-                                      torch.arange(LEVELS, device=z.device))
+                                      torch.arange(self.levels, device=z.device))
 
     def elbo_terms(self, x, per_dim: bool = False):
         """The ELBO's two terms (eq. vae-elbo): reconstruction and KL.
@@ -160,14 +166,14 @@ class VAE(nn.Module):
 
         A picture of what z encodes (in eval mode, no dropout).
         """
-        levels = torch.arange(LEVELS, dtype=z.dtype, device=z.device)
+        levels = torch.arange(self.levels, dtype=z.dtype, device=z.device)
         return (self.pixel_log_probs(z).exp() * levels).sum(-1)
 
     @torch.no_grad()
     def sample(self, n: int):
         """n images x ~ p_theta(x | z), z ~ p(z) (in eval mode, no dropout).
 
-        Shape (n, dim), torch.long levels 0..16.
+        Shape (n, dim), torch.long levels 0..levels-1.
         """
         z = torch.randn(n, self.z_dim, device=next(self.parameters()).device)
         return torch.distributions.Categorical(logits=self.pixel_log_probs(z)).sample()
@@ -271,8 +277,9 @@ class CVAE(VAE):
 
     def encode(self, x, y):
         """(mu, logvar) of q_phi(z | x, y), each of shape (n, z_dim)."""
-        x = data.check_levels(x, LEVELS, self.dim)
-        return self.encoder(self._with_label(x.float() / 8 - 1, y)).chunk(2, dim=-1)
+        x = data.check_levels(x, self.levels, self.dim)
+        h = x.float() / self.mid - 1
+        return self.encoder(self._with_label(h, y)).chunk(2, dim=-1)
 
     def elbo(self, x, y):
         """A one-sample estimate of the ELBO (eq. cvae-elbo) per image, shape (n,)."""
@@ -306,24 +313,25 @@ class VQVAE(nn.Module):
     """A VQ-VAE (eqs. vq, vq-loss) for the 8x8 digits.
 
     The MLP encoder gives `positions` vectors of size code_dim, each quantized to the
-    nearest of `codes` codebook vectors; the MLP decoder gives 17-way categoricals per
-    pixel. x has shape (n, dim), torch.long levels 0..16.
+    nearest of `codes` codebook vectors; the MLP decoder gives levels-way categoricals
+    per pixel. x has shape (n, dim), torch.long levels 0..levels-1.
     Defined in book/03_vae.md, section "Discrete latents: the VQ-VAE".
     """
 
     def __init__(self, positions: int = 4, codes: int = 32, code_dim: int = 8,
-                 hidden: int = 256, dim: int = 64):
+                 hidden: int = 256, dim: int = 64, levels: int = LEVELS):
         super().__init__()
         self.positions, self.codes, self.code_dim, self.dim = (positions, codes,
                                                                code_dim, dim)
+        self.levels, self.mid = levels, (levels - 1) / 2
         self.encoder = mlp_with_dropout(dim, hidden, positions * code_dim)
-        self.decoder = mlp_with_dropout(positions * code_dim, hidden, dim * LEVELS)
+        self.decoder = mlp_with_dropout(positions * code_dim, hidden, dim * levels)
         self.codebook = nn.Parameter(torch.randn(codes, code_dim))  # e_1..e_K
 
     def encode(self, x):
         """z_e(x), shape (n, positions, code_dim)."""
-        x = data.check_levels(x, LEVELS, self.dim)
-        return self.encoder(x.float() / 8 - 1).unflatten(-1, (self.positions,
+        x = data.check_levels(x, self.levels, self.dim)
+        return self.encoder(x.float() / self.mid - 1).unflatten(-1, (self.positions,
                                                               self.code_dim))
 
     def quantize(self, z_e):
@@ -333,8 +341,8 @@ class VQVAE(nn.Module):
         return c, self.codebook[c]
 
     def pixel_log_probs(self, z_q):
-        """log p_theta(x_i = k | z_q), shape (n, dim, 17)."""
-        logits = self.decoder(z_q.flatten(-2)).unflatten(-1, (self.dim, LEVELS))
+        """log p_theta(x_i = k | z_q), shape (n, dim, levels)."""
+        logits = self.decoder(z_q.flatten(-2)).unflatten(-1, (self.dim, self.levels))
         return F.log_softmax(logits, -1)
 
     def log_lik(self, x, z_q):

@@ -209,6 +209,8 @@ def test_seed_everything_accepts_seeds_beyond_numpys_range():
 
 
 def test_default_device():
+    # "auto" (the default) is CUDA, else MPS, else the CPU: tests/test_scaling.py checks the rest
     assert default_device("cpu") == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    expected = "cuda" if torch.cuda.is_available() else (
+        "mps" if torch.backends.mps.is_available() else "cpu")
     assert default_device().type == expected

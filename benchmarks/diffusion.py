@@ -186,6 +186,9 @@ def toys_part(quick: bool) -> dict:
     return results
 
 
+SCALED_EPOCHS = 100  # the 28x28 run's default budget (--epochs overrides it)
+
+
 def scaled_run(images, epochs: int, device, quick: bool) -> dict:
     """DDPM (categorical denoiser, the chapter's convolutional network) at 784 pixels and 256
     levels, early stopping on a stratified estimate of the validation bound; the test bound (L_T
@@ -216,7 +219,7 @@ def scaled_run(images, epochs: int, device, quick: bool) -> dict:
 def main(argv=None) -> int:
     args = two_part_arguments(__doc__, argv, parts=("digits", "toys", "seeds"))
     if args.data != "digits":
-        return scaled_main("diffusion", args, scaled_run, default_epochs=100)
+        return scaled_main("diffusion", args, scaled_run, default_epochs=SCALED_EPOCHS)
     results = run_parts(OUT, args, {"toys": toys_part, "digits": digits_part, "seeds": seeds_part})
     if results is not None:
         results.pop("scores_note", None)  # the scores now come from the same run as the rest

@@ -216,6 +216,9 @@ def digits_part(quick: bool, processes: int) -> dict:
             "baseline_scores": baseline_scores, "models": models}
 
 
+SCALED_EPOCHS = 50  # the 28x28 run's default budget (--epochs overrides it)
+
+
 def scaled_run(images, epochs: int, device, quick: bool) -> dict:
     """The chapter's convolutional GAN (ConvGenerator, ConvDiscriminator; non-saturating loss,
     R1 penalty gamma = 1) on 28x28 images, with the same scores as on the digits but in the
@@ -257,7 +260,7 @@ def main(argv=None) -> int:
     add_scale_arguments(parser)
     args = parser.parse_args(argv)
     if args.data != "digits":
-        return scaled_main("gans", args, scaled_run, default_epochs=50)
+        return scaled_main("gans", args, scaled_run, default_epochs=SCALED_EPOCHS)
     results = json.loads(OUT.read_text()) if OUT.exists() and not args.quick else {}
     if args.part in ("grid", "all"):
         results["grid"] = grid_part(args.quick, args.processes)

@@ -136,6 +136,9 @@ SCALED_CONFIG = dict(z_dim=32, hidden=1024, components=3, dropout=0.0)
 SCALED_QUICK = dict(z_dim=4, hidden=32, components=2, dropout=0.0)
 
 
+SCALED_EPOCHS = 100  # the 28x28 run's default budget (--epochs overrides it)
+
+
 def scaled_run(images, epochs: int, device, quick: bool) -> dict:
     """dgm.vae.VAE (mixture of discretized logistics) on 28x28 images: the test IWAE estimate
     (k = 1000; two draws give its Monte Carlo error) and -ELBO, nats and bits/dim."""
@@ -164,7 +167,7 @@ def main(argv=None) -> int:
     add_scale_arguments(parser)
     args = parser.parse_args(argv)
     if args.data != "digits":
-        return scaled_main("vae", args, scaled_run, default_epochs=100)
+        return scaled_main("vae", args, scaled_run, default_epochs=SCALED_EPOCHS)
     epochs, k, k_select, seeds = (3, 20, 5, [0, 1]) if args.quick else (800, 1000, K_SELECT, [0, 1, 2])
     sweep = SWEEP[:2] if args.quick else SWEEP
     print("selection on the validation split:", flush=True)

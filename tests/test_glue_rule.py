@@ -32,6 +32,17 @@ ALLOWED = {
     ("book/course.md", "1.0"): "the best grade of the German scale",
     ("book/course.md", "1.3"): "an exam grade used as an example input",
     ("exercises/projects/flows/README.md", "0.15"): "the task's target (a definition of the grading)",
+    ("book/scaling_up.md", "85.33"): "a published result, quoted with its citation (the literature's reference numbers)",
+    ("book/scaling_up.md", "82.90"): "a published result, quoted with its citation (the literature's reference numbers)",
+    ("book/scaling_up.md", "79.20"): "a published result, quoted with its citation (the literature's reference numbers)",
+    ("book/scaling_up.md", "78.01"): "a published result, quoted with its citation (the literature's reference numbers)",
+    ("book/scaling_up.md", "1.06"): "a published result, quoted with its citation (the literature's reference numbers)",
+    ("book/scaling_up.md", "1.05"): "a published result, quoted with its citation (the literature's reference numbers)",
+    ("book/scaling_up.md", "0.99"): "a published result, quoted with its citation (the literature's reference numbers)",
+    ("book/scaling_up.md", "0.97"): "a published result, quoted with its citation (the literature's reference numbers)",
+    ("book/scaling_up.md", "3.70"): "a published result, quoted with its citation (the literature's reference numbers)",
+    ("book/scaling_up.md", "2.65"): "a published result, quoted with its citation (the literature's reference numbers)",
+    ("book/scaling_up.md", "2.99"): "a published result, quoted with its citation (the literature's reference numbers)",
 }
 
 _NUMBER = re.compile(r"(?<![\w.\-])\d+\.\d+(?!\w)(?!\.\d)")  # a sentence's full stop may follow

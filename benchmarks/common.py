@@ -217,3 +217,28 @@ def per_image_summary(a: torch.Tensor, b: torch.Tensor, dim: int, prefix: str = 
     return {f"{prefix}_nats": mean, f"{prefix}_mc_se": mc_se,
             f"{prefix}_bits_per_dim": data.bits_per_dim(mean, dim),
             f"{prefix}_bits_per_dim_mc_se": data.bits_per_dim(mc_se, dim)}
+
+
+def sample_scores(images: Images, sample, device, quick: bool, n_max: int = 10_000) -> dict:
+    """The digits scores of a 28x28 model's samples, in the features of a classifier trained on
+    the dataset's training split (dgm.metrics.train_classifier: not the Inception network of FID,
+    so not comparable to published FIDs), against the test split; beside them the floor, two
+    disjoint sets of real training images of the same sizes (what two samples of one distribution
+    score), and the classifier's test accuracy. sample(k) returns k images (torch.long levels)."""
+    from dgm import metrics
+
+    classifier = metrics.train_classifier(images.train, images.y_train, images.levels,
+                                          epochs=1 if quick else 20, device=device)
+    with torch.no_grad():
+        accuracy = (classifier(images.test).argmax(1).cpu() == images.y_test).float().mean().item()
+    n = min(len(images.test), 16 if quick else n_max)
+    torch.manual_seed(3000)
+    start = time.perf_counter()
+    samples = torch.cat([sample(min(500, n - i)).cpu() for i in range(0, n, 500)])
+    seconds = time.perf_counter() - start
+    perm = torch.randperm(len(images.train), generator=torch.Generator().manual_seed(0))
+    floor = images.train[perm[:n]], images.train[perm[n:2 * n]]
+    return {"n_samples": n, "sample_seconds_per_100": 100 * seconds / n,
+            "classifier_test_accuracy": accuracy,
+            "scores": metrics.image_scores(samples, images.test[:n], classifier),
+            "floor": metrics.image_scores(*floor, classifier) if len(floor[1]) == n else None}

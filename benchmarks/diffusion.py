@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import (best_val_epoch, checkpoint, per_image_summary, run_parts, scaled_main, spread,
-                    two_part_arguments, write_results)
+from common import (best_val_epoch, checkpoint, per_image_summary, run_parts, sample_scores,
+                    scaled_main, spread, two_part_arguments, write_results)
 
 from dgm import data, metrics
 from dgm.diffusion import DDPM, GaussianDiffusion, Schedule, train_diffusion
@@ -187,16 +187,26 @@ def toys_part(quick: bool) -> dict:
 
 
 SCALED_EPOCHS = 100  # the 28x28 run's default budget (--epochs overrides it)
+SCALED_SAMPLE_STEPS = 100  # DDIM steps of the 28x28 run's samples
+
+
+def scaled_network(quick: bool = False) -> dict:
+    return dict(channels=8, conv_layers=2) if quick else dict(channels=64, conv_layers=8)
+
+
+def scaled_model(dim: int, levels: int, quick: bool = False) -> DDPM:
+    """The 28x28 run's (untrained) DDPM, categorical denoiser; seed 0."""
+    torch.manual_seed(0)
+    return DDPM(dim=dim, levels=levels, **scaled_network(quick))
 
 
 def scaled_run(images, epochs: int, device, quick: bool) -> dict:
     """DDPM (categorical denoiser, the chapter's convolutional network) at 784 pixels and 256
     levels, early stopping on a stratified estimate of the validation bound; the test bound (L_T
     plus one uniform draw of t in each of T_STRATA equal strata of 1..T, an unbiased estimate of
-    the full bound) twice per image, so that its Monte Carlo error comes with it."""
-    torch.manual_seed(0)
-    network = dict(channels=8, conv_layers=2) if quick else dict(channels=64, conv_layers=8)
-    model = DDPM(dim=images.dim, levels=images.levels, **network)
+    the full bound) twice per image, so that its Monte Carlo error comes with it; and the scores
+    of samples by DDIM with SCALED_SAMPLE_STEPS steps (common.sample_scores)."""
+    network, model = scaled_network(quick), scaled_model(images.dim, images.levels, quick)
     strata = 4 if quick else 100
     x_val, x_test = images.val[:1000].to(device), images.test.to(device)
     chunk = 500
@@ -209,8 +219,12 @@ def scaled_run(images, epochs: int, device, quick: bool) -> dict:
                               val=lambda m: bound(m, x_val).mean().item())
     torch.manual_seed(1)
     a, b = bound(model, x_test), bound(model, x_test)
+    sample_steps = 3 if quick else SCALED_SAMPLE_STEPS
+    scores = sample_scores(images, lambda k: model.sample(k, steps=sample_steps, eta=0.0),
+                           device, quick)
     return {"model": "dgm.diffusion.DDPM, categorical denoiser", "network": network,
             "t_strata": strata, **per_image_summary(a, b, images.dim, "test_nll"),
+            "sampler": f"DDIM, {sample_steps} steps", **scores,
             "val_bound_nats": min(history["val"]), "best_epoch": best_val_epoch(history),
             "steps": epochs * -(-len(images.train) // 128),
             "parameters": sum(p.numel() for p in model.parameters())}

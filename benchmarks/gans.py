@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from common import add_scale_arguments, scaled_main
+from common import add_scale_arguments, sample_scores, scaled_main
 
 from dgm import data, metrics
 from dgm.gans import ConvDiscriminator, ConvGenerator, Discriminator, Generator, to_unit, train_gan
@@ -219,36 +219,31 @@ def digits_part(quick: bool, processes: int) -> dict:
 SCALED_EPOCHS = 50  # the 28x28 run's default budget (--epochs overrides it)
 
 
+def scaled_model(side: int, levels: int, quick: bool = False):
+    """The 28x28 run's (untrained) ConvGenerator and ConvDiscriminator; seed 0."""
+    torch.manual_seed(0)
+    channels, z_dim = (4, 8) if quick else (64, 64)
+    return (ConvGenerator(z_dim=z_dim, channels=channels, levels=levels, side=side),
+            ConvDiscriminator(channels=channels, side=side))
+
+
 def scaled_run(images, epochs: int, device, quick: bool) -> dict:
     """The chapter's convolutional GAN (ConvGenerator, ConvDiscriminator; non-saturating loss,
     R1 penalty gamma = 1) on 28x28 images, with the same scores as on the digits but in the
     features of a classifier trained on this dataset's training split (dgm.metrics.train_classifier):
     not FID, so not comparable to published FIDs. Beside the samples: the floor, two disjoint sets
     of real training images of the sizes compared (what two samples of one distribution score)."""
-    torch.manual_seed(0)
     channels, z_dim = (4, 8) if quick else (64, 64)
-    G = ConvGenerator(z_dim=z_dim, channels=channels, levels=images.levels, side=images.side)
-    D = ConvDiscriminator(channels=channels, side=images.side)
+    G, D = scaled_model(images.side, images.levels, quick)
     batch = 32 if quick else 128
     steps = epochs * -(-len(images.train) // batch)
     start = time.perf_counter()
     train_gan(G, D, images.train, steps, augment=lambda b: to_unit(b, levels=images.levels), r1=1.0,
               batch_size=batch, seed=0, device=device)
     seconds = time.perf_counter() - start
-    classifier = metrics.train_classifier(images.train, images.y_train, images.levels,
-                                          epochs=1 if quick else 20, device=device)
-    with torch.no_grad():
-        accuracy = (classifier(images.test).argmax(1).cpu() == images.y_test).float().mean().item()
-    n = min(len(images.test), 16 if quick else 10_000)
-    torch.manual_seed(3000)
-    samples = torch.cat([G.sample(min(1000, n - i)).cpu() for i in range(0, n, 1000)])
-    perm = torch.randperm(len(images.train), generator=torch.Generator().manual_seed(0))
-    floor = images.train[perm[:n]], images.train[perm[n:2 * n]]
     return {"model": "dgm.gans.ConvGenerator / ConvDiscriminator, non-saturating, R1 = 1",
             "channels": channels, "z_dim": z_dim, "batch_size": batch, "steps": steps,
-            "train_seconds": seconds, "n_samples": n, "classifier_test_accuracy": accuracy,
-            "scores": metrics.image_scores(samples, images.test[:n], classifier),
-            "floor": metrics.image_scores(*floor, classifier) if len(floor[1]) == n else None,
+            "train_seconds": seconds, **sample_scores(images, G.sample, device, quick),
             "parameters": sum(p.numel() for p in [*G.parameters(), *D.parameters()])}
 
 

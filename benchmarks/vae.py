@@ -139,12 +139,18 @@ SCALED_QUICK = dict(z_dim=4, hidden=32, components=2, dropout=0.0)
 SCALED_EPOCHS = 100  # the 28x28 run's default budget (--epochs overrides it)
 
 
+def scaled_model(dim: int, levels: int, quick: bool = False) -> VAE:
+    """The 28x28 run's (untrained) VAE, its weights initialized by seed 0."""
+    torch.manual_seed(0)
+    config = SCALED_QUICK if quick else SCALED_CONFIG
+    return VAE(likelihood="logistic", dim=dim, levels=levels, **config)
+
+
 def scaled_run(images, epochs: int, device, quick: bool) -> dict:
     """dgm.vae.VAE (mixture of discretized logistics) on 28x28 images: the test IWAE estimate
     (k = 1000; two draws give its Monte Carlo error) and -ELBO, nats and bits/dim."""
     config = SCALED_QUICK if quick else SCALED_CONFIG
-    torch.manual_seed(0)
-    model = VAE(likelihood="logistic", dim=images.dim, levels=images.levels, **config)
+    model = scaled_model(images.dim, images.levels, quick)
     hist = fit(model, vae_loss(warmup_steps=2000, shift=False), images.train, val=images.val,
                epochs=epochs, batch_size=128, lr=1e-3, patience=10, seed=0, progress=False,
                device=device)

@@ -2,6 +2,8 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/flows_families.py   # writes the JSON
     .venv/bin/python benchmarks/flows_families.py --quick   # a smoke run (not written)
+    python benchmarks/flows_families.py --data mnist --device cuda   # the digits part at 28x28:
+        writes results/flows_families-mnist.json
 
 Writes benchmarks/results/flows_families.json with
 - toys (8gaussians, checkerboard, moons): affine coupling (RealNVP), MAF (a reversing
@@ -40,7 +42,7 @@ from dgm.flows import (
 )
 from dgm.train import fit
 
-from common import best_seconds
+from common import add_scale_arguments, best_seconds, per_image_summary, scaled_main
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "flows_families.json"
@@ -93,17 +95,17 @@ def family_on_toy(family: str, name: str, epochs: int) -> dict:
             "log_prob_1e4_seconds": log_prob_s}
 
 
-def digits_flow(mixing: str | None) -> Flow:
+def digits_flow(mixing: str | None, dim: int = 64, hidden: int = 128) -> Flow:
     """The chapter's digits flow; with mixing ("rotation" or "identity", the LULinear
-    initialization), an LULinear layer before each coupling."""
+    initialization), an LULinear layer before each coupling. dim=784 for 28x28 images."""
     torch.manual_seed(0)
     layers = []
-    for k, layer in enumerate(NeuralSpline(64, n_layers=6, hidden=128, bins=8,
+    for k, layer in enumerate(NeuralSpline(dim, n_layers=6, hidden=hidden, bins=8,
                                            bound=5.0).layers):
         if mixing and isinstance(layer, SplineCoupling):
-            layers.append(LULinear(64, seed=k, init=mixing))
+            layers.append(LULinear(dim, seed=k, init=mixing))
         layers.append(layer)
-    return Flow([Logit()] + layers, dim=64)
+    return Flow([Logit()] + layers, dim=dim)
 
 
 def digits_run(mixing: str | None, epochs: int) -> tuple[dict, torch.Tensor]:
@@ -121,11 +123,47 @@ def digits_run(mixing: str | None, epochs: int) -> tuple[dict, torch.Tensor]:
              "best_epoch": hist.best_epoch + 1}, per_image)
 
 
+SCALED_EPOCHS = 50  # the 28x28 run's default budget per flow (--epochs overrides it)
+
+
+def scaled_run(images, epochs: int, device, quick: bool) -> dict:
+    """The digits part at 28x28: the chapter's spline flow with fixed masks against the same
+    flow with an LULinear layer before each coupling (rotation or identity init); seed 0, the
+    same epochs, best validation epoch; the test bound under uniform dequantization, two draws
+    per image (its Monte Carlo error), and the paired difference to the fixed masks with its
+    standard error over the test images."""
+    levels, hidden = images.levels, (8 if quick else 256)
+    x_test, out, fixed = images.test.to(device), {}, None
+    for mixing in (None, "rotation", "identity"):
+        flow = digits_flow(mixing, images.dim, hidden)
+        hist = fit(flow, lambda m, x: dequantized_nll(m, x, levels), images.train, val=images.val,
+                   epochs=epochs, batch_size=128, lr=1e-3, weight_decay=1e-4, patience=10, seed=0,
+                   progress=False, device=device)
+        a, b = dequantization_bound(flow, x_test, draws=2, per_image=True, levels=levels)
+        per_image = ((a + b) / 2).cpu()
+        row = {**per_image_summary(a, b, images.dim, "test_nll"), "parameters": n_params(flow),
+               "train_seconds": hist.seconds, "best_epoch": hist.best_epoch + 1}
+        if fixed is None:
+            fixed, name = per_image, "fixed masks"
+        else:
+            diff = per_image - fixed
+            row["difference to fixed masks"] = {
+                "test_nll_nats": diff.mean().item(),
+                "test_nll_se_nats": (diff.std() / math.sqrt(len(diff))).item()}
+            name = f"LULinear before each coupling, {mixing} init"
+        out[name] = row
+        print(f"  {name}: {row['test_nll_bits_per_dim']:.3f} bits/dim", flush=True)
+    return {"flows": out, "hidden": hidden}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets, results not written")
     parser.add_argument("--part", choices=["all", "toys", "digits"], default="all")
+    add_scale_arguments(parser)
     args = parser.parse_args(argv)
+    if args.data != "digits":
+        return scaled_main("flows_families", args, scaled_run, default_epochs=SCALED_EPOCHS)
     toy_epochs, digit_epochs = (1, 1) if args.quick else (30, 80)
     torch.set_num_threads(1)
     old = json.loads(OUT.read_text()) if OUT.exists() and args.part != "all" else {}

@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/gans_conv.py          # writes benchmarks/results/gans_conv.json
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/gans_conv.py --quick  # a smoke run (nothing written)
+    python benchmarks/gans_conv.py --data mnist --device cuda  # 28x28: results/gans_conv-mnist.json
 
 Both GANs use the chapter's loss (non-saturating, R1 penalty gamma = 1), optimizer, batch size
 and step budget (dgm.gans.train_gan); the convolutional networks (dgm.gans.ConvGenerator,
@@ -28,6 +29,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from common import add_scale_arguments, sample_scores, scaled_main
 
 from dgm import data, metrics
 from dgm.gans import ConvDiscriminator, ConvGenerator, Discriminator, Generator, to_unit, train_gan
@@ -76,11 +79,61 @@ def mean_se(values: list[float]) -> dict:
     return {"mean": statistics.mean(values), "se": se, "values": values}
 
 
+SCALED_EPOCHS = 50  # the 28x28 run's default budget per network (--epochs overrides it)
+
+
+def scaled_networks(kind: str, side: int, levels: int, quick: bool = False):
+    """The 28x28 run's (untrained) G and D of one kind: the conv GAN with CHANNELS channels, or
+    the chapter's MLP GAN (depth 2) with the hidden width that comes closest to the conv GAN's
+    parameter count (G and D together)."""
+    channels = 4 if quick else CHANNELS
+    conv = ConvGenerator(z_dim=16, channels=channels, levels=levels, side=side), \
+        ConvDiscriminator(channels=channels, side=side)
+    if kind == "convolutional":
+        return conv
+    dim, target = side * side, sum(p.numel() for net in conv for p in net.parameters())
+
+    def mlp(hidden):
+        return (Generator(dim=dim, z_dim=16, hidden=hidden, depth=2, levels=levels),
+                Discriminator(dim=dim, hidden=hidden, depth=2))
+
+    size = lambda nets: sum(p.numel() for net in nets for p in net.parameters())
+    lo, hi = 2, 2048  # the count grows with the width: bisect for the closest
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if size(mlp(mid)) < target else (lo, mid)
+    return min((mlp(lo), mlp(hi)), key=lambda nets: abs(size(nets) - target))
+
+
+def scaled_run(images, epochs: int, device, quick: bool) -> dict:
+    """The MLP and the convolutional GAN at (about) equal parameters on 28x28 images, with the
+    chapter's loss and optimizer (TRAIN), seed 0 each, scored by common.sample_scores (a
+    classifier trained on the dataset, with the real-vs-real floor)."""
+    out = {}
+    batch = 32 if quick else TRAIN["batch_size"]
+    steps = epochs * -(-len(images.train) // batch)
+    for kind in ("MLP", "convolutional"):
+        torch.manual_seed(0)
+        G, D = scaled_networks(kind, images.side, images.levels, quick)
+        start = time.perf_counter()
+        train_gan(G, D, images.train, steps, augment=lambda b: to_unit(b, levels=images.levels),
+                  seed=0, device=device, **{**TRAIN, "batch_size": batch})
+        out[kind] = {"parameters": {"G": sum(p.numel() for p in G.parameters()),
+                                    "D": sum(p.numel() for p in D.parameters())},
+                     "train_seconds": time.perf_counter() - start,
+                     **sample_scores(images, G.sample, device, quick)}
+        print(f"{kind}: FD {out[kind]['scores']['fdd']:.2f}", flush=True)
+    return {"models": out, "steps": steps, "batch_size": batch, "train": TRAIN}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets, nothing written")
     parser.add_argument("--processes", type=int, default=max(1, min(2, os.cpu_count() or 1)))
+    add_scale_arguments(parser)
     args = parser.parse_args(argv)
+    if args.data != "digits":
+        return scaled_main("gans_conv", args, scaled_run, default_epochs=SCALED_EPOCHS)
     steps, seeds = (50, [0, 1]) if args.quick else (STEPS, SEEDS)
     metrics.digits_classifier()  # train (and cache) the feature network once, before the pool
     jobs = [(k, s, steps) for k in ("MLP", "convolutional") for s in seeds]

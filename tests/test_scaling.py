@@ -252,7 +252,7 @@ def results_snapshot() -> dict:
     return {p.name: p.stat().st_mtime_ns for p in (BENCHMARKS / "results").glob("*.json")}
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", FAMILIES + ["vae_models", "flows_families", "gans_conv"])
 def test_benchmark_smoke_run_on_the_28x28_stand_in_writes_nothing(name, capsys):
     before = results_snapshot()
     assert benchmark(name).main(["--data", "digits28", "--quick", "--subset", "16",

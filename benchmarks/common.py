@@ -197,6 +197,7 @@ def scaled_main(bench: str, args: argparse.Namespace, run, default_epochs: int,
     results = run(images, epochs, device, args.quick)
     results.update({"data": images.name, "side": images.side, "levels": images.levels,
                     "n_train": len(images.train), "n_test": len(images.test), "epochs": epochs,
+                    "subset": args.subset,
                     "device": device_name(device), "wall_seconds": time.perf_counter() - start})
     for key, value in results.items():
         if not isinstance(value, (dict, list)):
@@ -241,4 +242,7 @@ def sample_scores(images: Images, sample, device, quick: bool, n_max: int = 10_0
     return {"n_samples": n, "sample_seconds_per_100": 100 * seconds / n,
             "classifier_test_accuracy": accuracy,
             "scores": metrics.image_scores(samples, images.test[:n], classifier),
+            # the reference the samples' scores match: n real training images against the
+            # same test images; and two disjoint training sets (two samples of one distribution)
+            "train_vs_test": metrics.image_scores(floor[0], images.test[:n], classifier),
             "floor": metrics.image_scores(*floor, classifier) if len(floor[1]) == n else None}

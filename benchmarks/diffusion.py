@@ -223,6 +223,8 @@ def scaled_run(images, epochs: int, device, quick: bool) -> dict:
     scores = sample_scores(images, lambda k: model.sample(k, steps=sample_steps, eta=0.0),
                            device, quick)
     return {"model": "dgm.diffusion.DDPM, categorical denoiser", "network": network,
+            "what": f"L_T plus one draw of t in each of {strata} strata of 1..T, two draws per "
+                    "test image: an unbiased estimate of the valid upper bound on the NLL",
             "t_strata": strata, **per_image_summary(a, b, images.dim, "test_nll"),
             "sampler": f"DDIM, {sample_steps} steps", **scores,
             "val_bound_nats": min(history["val"]), "best_epoch": best_val_epoch(history),

@@ -105,6 +105,14 @@ def spline_flow_digits(epochs: int, seeds=(0, 1, 2), k: int = 1000, save: bool =
             "parameters": sum(p.numel() for p in flow.parameters()), "seconds": mean("seconds")}
 
 
+def pixel_counts(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """How often each pixel takes each level in the images x: float64 (D, levels), built
+    without the (n, D, levels) one-hot tensor (80 GB for MNIST's training split)."""
+    xt = x.T.contiguous()
+    return torch.zeros(x.shape[1], levels, dtype=torch.long).scatter_add_(
+        1, xt, torch.ones_like(xt)).double()
+
+
 def categorical_nll(log_p: torch.Tensor, x: torch.Tensor) -> float:
     """Exact NLL (nats per image) of independent categoricals log_p (64, 17) on integer images x."""
     return -log_p.gather(1, x.T).sum(0).mean().item()
@@ -238,14 +246,17 @@ def scaled_run(images, epochs: int, device, quick: bool) -> dict:
     layers, hidden = (2, 16) if quick else (8, 512)
     flow = scaled_model(images.dim, images.levels, quick)
     levels = images.levels
-    # the chapter's loss: a fresh dequantization per batch (and ±1-pixel shifts in training)
-    hist = fit(flow, lambda m, x: dequantized_nll(m, x, levels), images.train, val=images.val,
+    # the chapter's loss, a fresh dequantization per batch; no pixel shifts (50 000 images)
+    hist = fit(flow, lambda m, x: dequantized_nll(m, x, levels, shift=False), images.train,
+               val=images.val,
                epochs=epochs, batch_size=128, lr=1e-3, patience=10, seed=0, progress=False,
                device=device)
     x = images.test.to(device)
     a, b = dequantization_bound(flow, x, draws=2, per_image=True, levels=levels)
-    counts = F.one_hot(images.train, levels).sum(0).double() + 0.5
+    counts = pixel_counts(images.train, levels) + 0.5
     return {"model": f"Logit + {layers} x [ActNorm, spline coupling] (hidden {hidden}, 8 bins)",
+            "what": "the Jensen bound under uniform dequantization (eq. dequant-bound), two "
+                    "draws per test image: an unbiased estimate of an upper bound on the NLL",
             **per_image_summary(a, b, images.dim, "test_nll"),
             "uniform_nats": images.dim * math.log(levels),
             "independent_categorical_nats": categorical_nll(
@@ -266,7 +277,7 @@ def main(argv=None) -> int:
     e = (lambda n: 2) if args.quick else (lambda n: n)
     seeds = (0,) if args.quick else SEEDS
     x_train, x_test = data.digits("train"), data.digits("test")
-    counts = F.one_hot(x_train, LEVELS).sum(0).double() + 0.5
+    counts = pixel_counts(x_train, LEVELS) + 0.5
     old = json.loads(OUT.read_text()) if OUT.exists() and args.part != "all" else {}
     results = {"toys": old.get("toys", {}), "digits": old.get("digits", {})}
     if args.part in ("all", "toys"):

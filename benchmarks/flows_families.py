@@ -136,7 +136,8 @@ def scaled_run(images, epochs: int, device, quick: bool) -> dict:
     x_test, out, fixed = images.test.to(device), {}, None
     for mixing in (None, "rotation", "identity"):
         flow = digits_flow(mixing, images.dim, hidden)
-        hist = fit(flow, lambda m, x: dequantized_nll(m, x, levels), images.train, val=images.val,
+        hist = fit(flow, lambda m, x: dequantized_nll(m, x, levels, shift=False), images.train,
+                   val=images.val,
                    epochs=epochs, batch_size=128, lr=1e-3, weight_decay=1e-4, patience=10, seed=0,
                    progress=False, device=device)
         a, b = dequantization_bound(flow, x_test, draws=2, per_image=True, levels=levels)

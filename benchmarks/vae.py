@@ -161,6 +161,9 @@ def scaled_run(images, epochs: int, device, quick: bool) -> dict:
     with torch.no_grad():
         e1, e2 = -model.elbo(x), -model.elbo(x)
     return {"model": "dgm.vae.VAE, mixture of discretized logistics", "config": config, "k": k,
+            "what": f"the importance-weighted estimate with k = {k} (eq. iwae), two draws per "
+                    "test image: a stochastic upper bound on the NLL (in expectation); the "
+                    "-ELBO (k = 1) beside it",
             **per_image_summary(a, b, images.dim, "test_nll"),
             **per_image_summary(e1, e2, images.dim, "test_neg_elbo"),
             "val_neg_elbo_nats": hist.best_val, "best_epoch": hist.best_epoch + 1,

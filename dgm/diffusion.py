@@ -369,8 +369,10 @@ def discretized_gaussian_log_prob(mean: torch.Tensor, std,
     h = (levels[1] - levels[0]) / 2
     normal = torch.distributions.Normal(mean[..., None],
                                         std[..., None] if torch.is_tensor(std) else std)
-    upper = torch.where(levels < levels[-1], normal.cdf(levels + h), torch.ones(()))
-    lower = torch.where(levels > levels[0], normal.cdf(levels - h), torch.zeros(()))
+    one = torch.ones((), device=levels.device)
+    zero = torch.zeros((), device=levels.device)
+    upper = torch.where(levels < levels[-1], normal.cdf(levels + h), one)
+    lower = torch.where(levels > levels[0], normal.cdf(levels - h), zero)
     logp = torch.log((upper - lower).clamp(min=1e-12))
     # normalized again where the clamp added mass
     return logp - logp.logsumexp(-1, keepdim=True)

@@ -503,14 +503,15 @@ class Logit(nn.Module):
         return y, -self._log_abs_det(p)
 
 
-def dequantized_nll(model, x, levels: int = data.DIGITS_LEVELS):
+def dequantized_nll(model, x, levels: int = data.DIGITS_LEVELS,
+                    shift: bool = True):
     """The loss: -log p_Y(y) per image on a fresh dequantization y of the integers x.
 
-    x holds levels 0..levels-1 (17 on the digits, 256 on MNIST). While training, each
-    image is also shifted by up to one pixel: 1000 images are few.
+    x holds levels 0..levels-1 (17 on the digits, 256 on MNIST). While training (with
+    shift=True), each image is also shifted by up to one pixel: 1000 images are few.
     Defined in book/01_flows.md, section "Discrete data: dequantization and bits per dimension".
     """
-    if model.training:
+    if model.training and shift:
         x = data.shift_digits(x)
     return -model.log_prob(data.dequantize(x, levels)).mean()
 

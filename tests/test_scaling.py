@@ -288,3 +288,9 @@ def test_benchmark_on_mnist_files_and_the_message_when_they_are_missing(tmp_path
                      "--device", "cpu"]) == 0
     with pytest.raises(D.MissingDataError, match="python -m dgm.data download fashion_mnist"):
         vae.main(["--data", "fashion_mnist", "--root", str(tmp_path / "cache"), "--quick"])
+
+
+def test_pixel_counts_match_the_one_hot_sum_without_building_it(x28):
+    counts = benchmark("flows").pixel_counts(x28, L)
+    assert counts.dtype == torch.float64 and counts.shape == (DIM, L)
+    assert torch.equal(counts, torch.nn.functional.one_hot(x28, L).sum(0).double())

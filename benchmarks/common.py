@@ -10,6 +10,7 @@ import argparse
 import datetime as dt
 import json
 import statistics
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,7 +193,7 @@ def scaled_main(bench: str, args: argparse.Namespace, run, default_epochs: int,
     epochs = args.epochs or (quick_epochs if args.quick else default_epochs)
     print(f"{bench} on {images.name}: {len(images.train)} / {len(images.val)} / "
           f"{len(images.test)} images of {images.side}x{images.side}, {images.levels} levels; "
-          f"{epochs} epochs on {device_name(device)}", flush=True)
+          f"{epochs} epoch{'s' if epochs != 1 else ''} on {device_name(device)}", flush=True)
     start = time.perf_counter()
     results = run(images, epochs, device, args.quick)
     results.update({"data": images.name, "side": images.side, "levels": images.levels,
@@ -200,8 +201,11 @@ def scaled_main(bench: str, args: argparse.Namespace, run, default_epochs: int,
                     "subset": args.subset,
                     "device": device_name(device), "wall_seconds": time.perf_counter() - start})
     for key, value in results.items():
-        if not isinstance(value, (dict, list)):
-            print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+        if isinstance(value, float):
+            print(f"  {key}: {value:.4g}")
+        elif not isinstance(value, (dict, list)):
+            print(textwrap.fill(f"{key}: {value}", 88, initial_indent="  ",
+                                subsequent_indent="    "))
     if args.quick:
         print("quick run: nothing written")
         return 0

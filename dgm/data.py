@@ -20,6 +20,9 @@ Nothing downloads unless asked: ``download=True``, or once from a shell::
 
     python -m dgm.data download mnist fashion_mnist      # --root DIR for another cache folder
 
+:func:`digits28` is the digits upscaled to MNIST's format (28x28, 256 levels): not MNIST, an
+embedded stand-in of its shape, so that the 28x28 code paths run in tests without a download.
+
 Every toy has an exact density. Three kinds cover them all:
 
 * **Gaussian mixtures** (``8gaussians``, ``grid``): a finite sum of isotropic Gaussians;
@@ -61,6 +64,7 @@ __all__ = [
     "check_levels",
     "describe",
     "digits",
+    "digits28",
     "DIGITS_SPLITS",
     "DIGITS_LEVELS",
     "mnist",

@@ -143,6 +143,23 @@ class Images:
     def dim(self) -> int:
         return self.side * self.side
 
+    def steps(self, epochs: int, batch_size: int) -> int:
+        """Minibatch steps in `epochs` passes over the training split."""
+        return epochs * -(-len(self.train) // batch_size)
+
+
+def denoiser_network(quick: bool = False) -> dict:
+    """The options of dgm.diffusion.DigitsDenoiser in the 28x28 runs of the DDPM and flow
+    matching: 8 residual 3x3 convolutions with 64 channels (tiny with quick)."""
+    return dict(channels=8, conv_layers=2) if quick else dict(channels=64, conv_layers=8)
+
+
+def iwae_per_image(model, x, k: int, chunk: int = 50) -> torch.Tensor:
+    """-log (1/k) sum_i w_i for every image of x (nats), one independent draw of the k samples
+    of model.log_prob(x, k=k) (a VAE's importance-weighted estimate), `chunk` images at a time."""
+    with torch.no_grad():
+        return -torch.cat([model.log_prob(x[i:i + chunk], k=k) for i in range(0, len(x), chunk)])
+
 
 def load_images(args: argparse.Namespace) -> Images:
     """The splits that --data names (first --subset images of each), with labels."""
@@ -224,12 +241,13 @@ def per_image_summary(a: torch.Tensor, b: torch.Tensor, dim: int, prefix: str = 
             f"{prefix}_bits_per_dim_mc_se": data.bits_per_dim(mc_se, dim)}
 
 
-def sample_scores(images: Images, sample, device, quick: bool, n_max: int = 10_000) -> dict:
-    """The digits scores of a 28x28 model's samples, in the features of a classifier trained on
-    the dataset's training split (dgm.metrics.train_classifier: not the Inception network of FID,
-    so not comparable to published FIDs), against the test split; beside them the floor, two
-    disjoint sets of real training images of the same sizes (what two samples of one distribution
-    score), and the classifier's test accuracy. sample(k) returns k images (torch.long levels)."""
+def image_references(images: Images, device, quick: bool, n_max: int = 10_000) -> dict:
+    """What every 28x28 model's samples are scored with, computed once per dataset: a classifier
+    trained on the training split (dgm.metrics.train_classifier: not the Inception network of
+    FID, so not comparable to published FIDs) and its test accuracy, the number n of samples
+    to score, and two references in its features: n real training images against the first n
+    test images (what the samples' scores match), and the floor, two disjoint sets of n training
+    images (two samples of one distribution)."""
     from dgm import metrics
 
     classifier = metrics.train_classifier(images.train, images.y_train, images.levels,
@@ -237,16 +255,26 @@ def sample_scores(images: Images, sample, device, quick: bool, n_max: int = 10_0
     with torch.no_grad():
         accuracy = (classifier(images.test).argmax(1).cpu() == images.y_test).float().mean().item()
     n = min(len(images.test), 16 if quick else n_max)
+    perm = torch.randperm(len(images.train), generator=torch.Generator().manual_seed(0))
+    floor = images.train[perm[:n]], images.train[perm[n:2 * n]]
+    return {"classifier": classifier, "n_samples": n, "classifier_test_accuracy": accuracy,
+            "train_vs_test": metrics.image_scores(floor[0], images.test[:n], classifier),
+            "floor": metrics.image_scores(*floor, classifier) if len(floor[1]) == n else None}
+
+
+def sample_scores(images: Images, sample, device, quick: bool, references: dict | None = None) -> dict:
+    """The digits scores of a 28x28 model's samples against the test split, in the features of
+    the references' classifier (image_references, computed here unless given), with the
+    references beside them and the sampling time. sample(k) returns k images (torch.long)."""
+    from dgm import metrics
+
+    refs = references if references is not None else image_references(images, device, quick)
+    n = refs["n_samples"]
     torch.manual_seed(3000)
     start = time.perf_counter()
     samples = torch.cat([sample(min(500, n - i)).cpu() for i in range(0, n, 500)])
     seconds = time.perf_counter() - start
-    perm = torch.randperm(len(images.train), generator=torch.Generator().manual_seed(0))
-    floor = images.train[perm[:n]], images.train[perm[n:2 * n]]
     return {"n_samples": n, "sample_seconds_per_100": 100 * seconds / n,
-            "classifier_test_accuracy": accuracy,
-            "scores": metrics.image_scores(samples, images.test[:n], classifier),
-            # the reference the samples' scores match: n real training images against the
-            # same test images; and two disjoint training sets (two samples of one distribution)
-            "train_vs_test": metrics.image_scores(floor[0], images.test[:n], classifier),
-            "floor": metrics.image_scores(*floor, classifier) if len(floor[1]) == n else None}
+            "classifier_test_accuracy": refs["classifier_test_accuracy"],
+            "scores": metrics.image_scores(samples, images.test[:n], refs["classifier"]),
+            "train_vs_test": refs["train_vs_test"], "floor": refs["floor"]}

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import (best_val_epoch, checkpoint, per_image_summary, run_parts, sample_scores,
-                    scaled_main, spread, two_part_arguments, write_results)
+from common import (best_val_epoch, checkpoint, denoiser_network, per_image_summary, run_parts,
+                    sample_scores, scaled_main, spread, two_part_arguments, write_results)
 
 from dgm import data, metrics
 from dgm.diffusion import DDPM, GaussianDiffusion, Schedule, train_diffusion
@@ -190,14 +190,10 @@ SCALED_EPOCHS = 100  # the 28x28 run's default budget (--epochs overrides it)
 SCALED_SAMPLE_STEPS = 100  # DDIM steps of the 28x28 run's samples
 
 
-def scaled_network(quick: bool = False) -> dict:
-    return dict(channels=8, conv_layers=2) if quick else dict(channels=64, conv_layers=8)
-
-
 def scaled_model(dim: int, levels: int, quick: bool = False) -> DDPM:
     """The 28x28 run's (untrained) DDPM, categorical denoiser; seed 0."""
     torch.manual_seed(0)
-    return DDPM(dim=dim, levels=levels, **scaled_network(quick))
+    return DDPM(dim=dim, levels=levels, **denoiser_network(quick))
 
 
 def scaled_run(images, epochs: int, device, quick: bool) -> dict:
@@ -206,7 +202,7 @@ def scaled_run(images, epochs: int, device, quick: bool) -> dict:
     plus one uniform draw of t in each of T_STRATA equal strata of 1..T, an unbiased estimate of
     the full bound) twice per image, so that its Monte Carlo error comes with it; and the scores
     of samples by DDIM with SCALED_SAMPLE_STEPS steps (common.sample_scores)."""
-    network, model = scaled_network(quick), scaled_model(images.dim, images.levels, quick)
+    network, model = denoiser_network(quick), scaled_model(images.dim, images.levels, quick)
     strata = 4 if quick else 100
     x_val, x_test = images.val[:1000].to(device), images.test.to(device)
     chunk = 500
@@ -228,7 +224,7 @@ def scaled_run(images, epochs: int, device, quick: bool) -> dict:
             "t_strata": strata, **per_image_summary(a, b, images.dim, "test_nll"),
             "sampler": f"DDIM, {sample_steps} steps", **scores,
             "val_bound_nats": min(history["val"]), "best_epoch": best_val_epoch(history),
-            "steps": epochs * -(-len(images.train) // 128),
+            "steps": images.steps(epochs, 128),
             "parameters": sum(p.numel() for p in model.parameters())}
 
 

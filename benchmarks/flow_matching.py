@@ -39,8 +39,8 @@ from pathlib import Path
 import torch
 from functools import partial
 
-from common import (best_val_epoch, checkpoint, per_image_summary, run_parts, sample_scores,
-                    scaled_main, spread, two_part_arguments, write_results)
+from common import (best_val_epoch, checkpoint, denoiser_network, per_image_summary, run_parts,
+                    sample_scores, scaled_main, spread, two_part_arguments, write_results)
 
 from dgm import data, metrics
 from dgm.diffusion import DigitsDenoiser, train_diffusion
@@ -252,15 +252,11 @@ SCALED_EPOCHS = 100  # the 28x28 run's default budget (--epochs overrides it)
 SCALED_SAMPLE_STEPS = 25  # Heun steps of the 28x28 run's samples (50 network evaluations)
 
 
-def scaled_network(quick: bool = False) -> dict:
-    return dict(channels=8, conv_layers=2) if quick else dict(channels=64, conv_layers=8)
-
-
 def scaled_model(dim: int, levels: int, quick: bool = False) -> FlowMatching:
     """The 28x28 run's (untrained) model: unconditional, linear path; seed 0. The network's
     condition has 32 features, the time features of an unconditional FlowMatching (emb = 32)."""
     torch.manual_seed(0)
-    return FlowMatching(DigitsDenoiser(32, dim, dim=dim, **scaled_network(quick)), dim)
+    return FlowMatching(DigitsDenoiser(32, dim, dim=dim, **denoiser_network(quick)), dim)
 
 
 def scaled_run(images, epochs: int, device, quick: bool) -> dict:
@@ -269,7 +265,7 @@ def scaled_run(images, epochs: int, device, quick: bool) -> dict:
     (eq-fm-digits-bound, RK4 with 20 steps, Hutchinson's estimator) twice per image with
     independent dequantizations and probes, for its Monte Carlo error; and the scores of samples
     by Heun's method with SCALED_SAMPLE_STEPS steps (common.sample_scores)."""
-    network, model = scaled_network(quick), scaled_model(images.dim, images.levels, quick)
+    network, model = denoiser_network(quick), scaled_model(images.dim, images.levels, quick)
     steps, levels = (2 if quick else 20), images.levels
     x_val, x_test = images.val[:1000].to(device), images.test.to(device)
     gen = torch.Generator()
@@ -294,7 +290,7 @@ def scaled_run(images, epochs: int, device, quick: bool) -> dict:
                     "value of an upper bound on the NLL (the solver's error is not bounded)",
             "ode": f"rk4, {steps} steps, Hutchinson", **per_image_summary(a, b, images.dim, "test_nll"),
             "val_bound_nats": min(history["val"]), "best_epoch": best_val_epoch(history),
-            "steps": epochs * -(-len(images.train) // 128),
+            "steps": images.steps(epochs, 128),
             "parameters": sum(p.numel() for p in model.parameters())}
 
 

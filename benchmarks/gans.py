@@ -219,12 +219,15 @@ def digits_part(quick: bool, processes: int) -> dict:
 SCALED_EPOCHS = 50  # the 28x28 run's default budget (--epochs overrides it)
 
 
+SCALED_SIZE = {False: dict(channels=64, z_dim=64), True: dict(channels=4, z_dim=8)}  # quick
+
+
 def scaled_model(side: int, levels: int, quick: bool = False):
     """The 28x28 run's (untrained) ConvGenerator and ConvDiscriminator; seed 0."""
     torch.manual_seed(0)
-    channels, z_dim = (4, 8) if quick else (64, 64)
-    return (ConvGenerator(z_dim=z_dim, channels=channels, levels=levels, side=side),
-            ConvDiscriminator(channels=channels, side=side))
+    size = SCALED_SIZE[quick]
+    return (ConvGenerator(**size, levels=levels, side=side),
+            ConvDiscriminator(channels=size["channels"], side=side))
 
 
 def scaled_run(images, epochs: int, device, quick: bool) -> dict:
@@ -233,16 +236,15 @@ def scaled_run(images, epochs: int, device, quick: bool) -> dict:
     features of a classifier trained on this dataset's training split (dgm.metrics.train_classifier):
     not FID, so not comparable to published FIDs. Beside the samples: the floor, two disjoint sets
     of real training images of the sizes compared (what two samples of one distribution score)."""
-    channels, z_dim = (4, 8) if quick else (64, 64)
     G, D = scaled_model(images.side, images.levels, quick)
     batch = 32 if quick else 128
-    steps = epochs * -(-len(images.train) // batch)
+    steps = images.steps(epochs, batch)
     start = time.perf_counter()
     train_gan(G, D, images.train, steps, augment=lambda b: to_unit(b, levels=images.levels), r1=1.0,
               batch_size=batch, seed=0, device=device)
     seconds = time.perf_counter() - start
     return {"model": "dgm.gans.ConvGenerator / ConvDiscriminator, non-saturating, R1 = 1",
-            "channels": channels, "z_dim": z_dim, "batch_size": batch, "steps": steps,
+            **SCALED_SIZE[quick], "batch_size": batch, "steps": steps,
             "train_seconds": seconds, **sample_scores(images, G.sample, device, quick),
             "parameters": sum(p.numel() for p in [*G.parameters(), *D.parameters()])}
 

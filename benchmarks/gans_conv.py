@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from common import add_scale_arguments, sample_scores, scaled_main
+from common import add_scale_arguments, image_references, sample_scores, scaled_main
 
 from dgm import data, metrics
 from dgm.gans import ConvDiscriminator, ConvGenerator, Discriminator, Generator, to_unit, train_gan
@@ -109,9 +109,9 @@ def scaled_run(images, epochs: int, device, quick: bool) -> dict:
     """The MLP and the convolutional GAN at (about) equal parameters on 28x28 images, with the
     chapter's loss and optimizer (TRAIN), seed 0 each, scored by common.sample_scores (a
     classifier trained on the dataset, with the real-vs-real floor)."""
-    out = {}
+    out, refs = {}, image_references(images, device, quick)  # one classifier for both
     batch = 32 if quick else TRAIN["batch_size"]
-    steps = epochs * -(-len(images.train) // batch)
+    steps = images.steps(epochs, batch)
     for kind in ("MLP", "convolutional"):
         torch.manual_seed(0)
         G, D = scaled_networks(kind, images.side, images.levels, quick)
@@ -121,7 +121,7 @@ def scaled_run(images, epochs: int, device, quick: bool) -> dict:
         out[kind] = {"parameters": {"G": sum(p.numel() for p in G.parameters()),
                                     "D": sum(p.numel() for p in D.parameters())},
                      "train_seconds": time.perf_counter() - start,
-                     **sample_scores(images, G.sample, device, quick)}
+                     **sample_scores(images, G.sample, device, quick, refs)}
         print(f"{kind}: FD {out[kind]['scores']['fdd']:.2f}", flush=True)
     return {"models": out, "steps": steps, "batch_size": batch, "train": TRAIN}
 

@@ -29,7 +29,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from common import add_scale_arguments, mc_se_of_mean, per_image_summary, scaled_main
+from common import (add_scale_arguments, iwae_per_image, mc_se_of_mean, per_image_summary,
+                    scaled_main)
 
 from dgm import data, metrics
 from dgm.train import fit
@@ -53,12 +54,6 @@ def train_vae(likelihood: str, seed: int, epochs: int, config: dict):
                batch_size=100, lr=1e-3, patience=80, seed=seed, progress=False, device="cpu")
     hist.cpu_seconds = time.process_time() - start
     return model, hist
-
-
-def iwae_per_image(model, x, k: int) -> torch.Tensor:
-    """-log (1/k) sum_i w_i for every image of x (nats), one independent draw of the k samples."""
-    with torch.no_grad():
-        return -torch.cat([model.log_prob(x[i:i + 50], k=k) for i in range(0, len(x), 50)])
 
 
 def iwae_nll(model, x, k: int) -> float:
@@ -146,12 +141,17 @@ def scaled_model(dim: int, levels: int, quick: bool = False) -> VAE:
     return VAE(likelihood="logistic", dim=dim, levels=levels, **config)
 
 
+def scaled_loss():
+    """The 28x28 run's training loss: KL warm-up over 2000 steps, no pixel shifts (50 000 images)."""
+    return vae_loss(warmup_steps=2000, shift=False)
+
+
 def scaled_run(images, epochs: int, device, quick: bool) -> dict:
     """dgm.vae.VAE (mixture of discretized logistics) on 28x28 images: the test IWAE estimate
     (k = 1000; two draws give its Monte Carlo error) and -ELBO, nats and bits/dim."""
     config = SCALED_QUICK if quick else SCALED_CONFIG
     model = scaled_model(images.dim, images.levels, quick)
-    hist = fit(model, vae_loss(warmup_steps=2000, shift=False), images.train, val=images.val,
+    hist = fit(model, scaled_loss(), images.train, val=images.val,
                epochs=epochs, batch_size=128, lr=1e-3, patience=10, seed=0, progress=False,
                device=device)
     k = 8 if quick else 1000

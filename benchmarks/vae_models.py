@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from common import add_scale_arguments, per_image_summary, scaled_main
+from common import add_scale_arguments, iwae_per_image, per_image_summary, scaled_main
 
 from dgm import data
 from dgm.train import fit
@@ -58,9 +58,7 @@ HIERARCHICAL = {"two layers, no remedy": dict(),
 
 def iwae_nll(model, x, k: int) -> float:
     """Mean of -log (1/k) sum_i w_i over the images of x (nats per image)."""
-    with torch.no_grad():
-        return -torch.cat([model.log_prob(x[i:i + 50], k=k)
-                           for i in range(0, len(x), 50)]).mean().item()
+    return iwae_per_image(model, x, k).mean().item()
 
 
 def rates(model, x) -> dict:
@@ -238,9 +236,7 @@ def scaled_run(images, epochs: int, device, quick: bool) -> dict:
     for name in ["one layer", selected]:
         model = models[name]
         torch.manual_seed(2000)
-        with torch.no_grad():
-            a, b = (-torch.cat([model.log_prob(x_test[i:i + 50], k=k_test)
-                                for i in range(0, len(x_test), 50)]) for _ in range(2))
+        a, b = iwae_per_image(model, x_test, k_test), iwae_per_image(model, x_test, k_test)
         rows[name]["test"] = {**per_image_summary(a, b, images.dim, "test_nll"),
                               **rates(model, x_test)}
     return {"runs": rows, "selected": selected, "k_select": k_select, "k_test": k_test,
